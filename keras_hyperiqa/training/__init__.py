@@ -1,0 +1,62 @@
+"""Training room: HyperAdam, the HyperIQA schedule, the trainer, checkpoints.
+
+Typical wiring (what the CLI does)::
+
+    keras.utils.set_random_seed(seed)
+    model = HyperIQA(...)
+    optimizer = HyperAdam(learning_rate=lr, weight_decay=5e-4)
+    trainer = Trainer(model, optimizer)          # builds the optimizer
+    schedule = HyperIQASchedule(optimizer, model.backbone_variables,
+                                model.hypernet_variables, lr=lr,
+                                lr_ratio=10, fixes=Fixes())
+    initial_epoch = 0
+    if resume and latest_checkpoint(ckpt_dir):
+        initial_epoch = trainer.restore(latest_checkpoint(ckpt_dir))
+    trainer.fit(train, epochs, val=val, test=test, initial_epoch=initial_epoch,
+                callbacks=[schedule, CheckpointCallback(ckpt_dir, trainer),
+                           HistoryCSVLogger(csv_path, trainer)])
+"""
+
+from keras_hyperiqa.training.checkpoint import (
+    CheckpointCallback,
+    latest_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
+from keras_hyperiqa.training.metrics import (
+    aggregate_by_image,
+    image_level_metrics,
+    iqa_metrics,
+)
+from keras_hyperiqa.training.optimizer import HyperAdam
+from keras_hyperiqa.training.run import (
+    round_report,
+    run_rounds,
+    split_indices,
+    summarize_rounds,
+)
+from keras_hyperiqa.training.schedule import Fixes, HyperIQASchedule, epoch_rates
+from keras_hyperiqa.training.trainer import HistoryCSVLogger, Trainer, l1_loss
+
+__all__ = [
+    "CheckpointCallback",
+    "Fixes",
+    "HistoryCSVLogger",
+    "HyperAdam",
+    "HyperIQASchedule",
+    "Trainer",
+    "aggregate_by_image",
+    "epoch_rates",
+    "image_level_metrics",
+    "iqa_metrics",
+    "l1_loss",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "read_state",
+    "round_report",
+    "run_rounds",
+    "save_checkpoint",
+    "split_indices",
+    "summarize_rounds",
+]

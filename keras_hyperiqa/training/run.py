@@ -1,0 +1,113 @@
+"""Rounds driver: seeded splits, epoch selection on validation, medians.
+
+The paper reports the median SRCC/PLCC over 10 random train/test splits, with
+the epoch chosen by the best *test* SRCC (optimistic: the test split selects
+the model). Here the default selects the epoch on a validation split carved
+from the training images and reports test metrics at that epoch; the
+optimistic best-test-epoch numbers are reported too, labelled as such.
+"""
+
+import math
+
+import numpy as np
+
+
+def split_indices(n, seed, train_fraction=0.8, val_fraction=0.1):
+    """Seeded ``(train, val, test)`` index arrays over a pool of ``n`` units.
+
+    Like the original: shuffle the pool, the first ``round(train_fraction *
+    n)`` units are for training and the rest is the test split. The
+    validation split is then carved from the *training* units (the last
+    ``round(val_fraction * n_train)`` of them, at least one when
+    ``val_fraction > 0``), so the test split is the same with or without
+    validation. Units are images, or reference contents for LIVE/CSIQ/TID2013
+    (split by content).
+    """
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(train_fraction * n))
+    train, test = order[:n_train], order[n_train:]
+    n_val = 0
+    if val_fraction:
+        n_val = max(1, int(round(val_fraction * n_train)))
+        if n_val >= n_train:
+            raise ValueError("validation split would take every training unit")
+    val = train[n_train - n_val:]
+    train = train[:n_train - n_val]
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _best(history, key):
+    best_i, best_v = None, -math.inf
+    for i, row in enumerate(history):
+        value = row.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if value > best_v:  # ties: earliest epoch wins
+            best_i, best_v = i, value
+    return best_i
+
+
+def round_report(history, select_on="val_srcc"):
+    """Summarize one round's per-epoch history.
+
+    Returns a dict with ``selected_epoch`` (best ``select_on``; ``None`` when
+    no row has it) and the ``test_*``/``val_*`` metrics of that epoch, plus
+    ``optimistic_epoch`` and ``optimistic_test_srcc`` / ``optimistic_test_plcc``
+    (best test SRCC over epochs: the original's protocol, selected on test).
+    """
+    report = {"selected_on": select_on, "selected_epoch": None}
+    i = _best(history, select_on) if select_on else None
+    if i is not None:
+        row = history[i]
+        report["selected_epoch"] = row.get("epoch", i)
+        for key, value in row.items():
+            if key.startswith(("test_", "val_")):
+                report[key] = value
+    j = _best(history, "test_srcc")
+    report["optimistic_epoch"] = None if j is None else history[j].get("epoch", j)
+    if j is not None:
+        report["optimistic_test_srcc"] = history[j]["test_srcc"]
+        report["optimistic_test_plcc"] = history[j].get("test_plcc")
+    return report
+
+
+def summarize_rounds(reports):
+    """Per-round reports plus medians of the headline numbers.
+
+    Returns ``{"rounds": reports, "median_test_srcc", "median_test_plcc",
+    "median_optimistic_test_srcc", "median_optimistic_test_plcc"}`` (a median
+    is ``None`` when no round has that number).
+    """
+    summary = {"rounds": list(reports)}
+    for key in ("test_srcc", "test_plcc", "optimistic_test_srcc",
+                "optimistic_test_plcc"):
+        values = [r[key] for r in reports if r.get(key) is not None]
+        summary["median_" + key] = float(np.median(values)) if values else None
+    return summary
+
+
+def run_rounds(train_round, rounds=10, seed=0, select_on="val_srcc"):
+    """Train ``rounds`` rounds and summarize them.
+
+    Args:
+        train_round: ``train_round(round_index, round_seed) -> history``; it
+            builds the split (e.g. :func:`split_indices` with ``round_seed``),
+            sets ``keras.utils.set_random_seed(round_seed)``, builds model,
+            ``HyperAdam``, ``Trainer`` and callbacks, and returns
+            ``trainer.fit(...)``'s history.
+        rounds: number of rounds.
+        seed: round ``r`` uses seed ``seed + r``.
+
+    Returns:
+        :func:`summarize_rounds` of the per-round :func:`round_report` dicts
+        (each also carrying ``round`` and ``seed``).
+    """
+    reports = []
+    for r in range(rounds):
+        history = train_round(r, seed + r)
+        report = round_report(history, select_on)
+        report.update({"round": r, "seed": seed + r})
+        reports.append(report)
+    return summarize_rounds(reports)

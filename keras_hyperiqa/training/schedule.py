@@ -1,0 +1,148 @@
+"""The HyperIQA learning-rate schedule as a Keras callback, with revertible fixes.
+
+Timing follows the original solver: at the *end* of 0-based epoch ``t`` the
+rates are recomputed from ``t`` and first act in epoch ``t + 1``. With the
+defaults (``lr=2e-5``, ``lr_ratio=10``) and all fixes applied, the rates that
+train epoch ``e`` are::
+
+    e 0-6   : backbone 2e-5, hypernet 2e-4
+    e 7-9   : backbone 2e-6, hypernet 2e-5
+    e 10-12 : backbone 2e-6, hypernet 2e-6
+    e 13-15 : backbone 2e-7, hypernet 2e-7
+
+Each of the user's three fixes (see ``/work/shared/seed``) can be reverted
+independently through :class:`Fixes`; reverting all three reproduces the
+original solver (new ``torch.optim.Adam`` every epoch, backbone lr constant,
+hypernet group empty from the second optimizer on).
+"""
+
+import dataclasses
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixes:
+    """Which of the three training-bug fixes are applied (``True`` = fixed).
+
+    Attributes:
+        filter: fix 1. When ``False`` the original one-shot ``filter`` bug is
+            reproduced: every optimizer after the first had an empty hypernet
+            group, so the hypernet (head + generators) is frozen from 0-based
+            epoch 1 on (multiplier 0: bit-identical weights).
+        backbone_decay: fix 2. When ``False`` the backbone lr stays at ``lr``
+            forever and only the hypernet lr follows the original formula
+            ``lr / 10 ** (t // 6) * ratio``.
+        optimizer_reset: fix 3. When ``False`` the moments and step count are
+            reset at the end of every epoch, as rebuilding ``torch.optim.Adam``
+            did (slots are zeroed in place; no new optimizer is built).
+    """
+
+    filter: bool = True
+    backbone_decay: bool = True
+    optimizer_reset: bool = True
+
+    @classmethod
+    def original(cls):
+        """All three fixes reverted: the original solver's behaviour."""
+        return cls(filter=False, backbone_decay=False, optimizer_reset=False)
+
+    @classmethod
+    def from_reverted(cls, names):
+        """Build from an iterable of fix names to revert (e.g. CLI flags)."""
+        names = set(names)
+        unknown = names - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown fix name(s): {sorted(unknown)}")
+        return cls(**{name: False for name in names})
+
+
+def epoch_rates(epoch, lr=2e-5, lr_ratio=10.0, fixes=Fixes(), decay_every=6,
+                ratio_until=8):
+    """The ``(backbone_lr, hypernet_lr)`` pair that trains 0-based ``epoch``.
+
+    Pure function of the epoch: the rates for epoch ``e > 0`` are those the
+    original computes at the end of epoch ``t = e - 1``
+    (``lr / 10 ** (t // decay_every)``, ratio 1 once ``t > ratio_until``);
+    epoch 0 trains at ``(lr, lr * lr_ratio)``. ``hypernet_lr`` is 0 when the
+    hypernet is frozen (fix 1 reverted, ``epoch >= 1``).
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if epoch == 0:
+        return float(lr), float(lr) * float(lr_ratio)
+    t = epoch - 1
+    decayed = float(lr) / 10 ** (t // decay_every)
+    ratio = 1.0 if t > ratio_until else float(lr_ratio)
+    if fixes.backbone_decay:
+        backbone_lr = decayed
+    else:
+        backbone_lr = float(lr)
+    hypernet_lr = decayed * ratio
+    if not fixes.filter:
+        hypernet_lr = 0.0
+    return backbone_lr, hypernet_lr
+
+
+class HyperIQASchedule(keras.callbacks.Callback):
+    """Sets a :class:`~keras_hyperiqa.training.optimizer.HyperAdam`'s rates.
+
+    The callback only assigns the optimizer's ``learning_rate`` variable (the
+    backbone lr) and the multipliers (backbone 1, hypernet
+    ``hypernet_lr / backbone_lr``), plus, with fix 3 reverted, zeroes the
+    slots at the end of each epoch. It never builds an optimizer.
+
+    ``on_train_begin`` applies the rates for the first epoch that will run
+    (``logs["initial_epoch"]``, default 0), so a resumed run picks up the same
+    rates, and with fix 3 reverted the same fresh slots, that an uninterrupted
+    run has at that epoch.
+
+    Args:
+        optimizer: a built ``HyperAdam``.
+        backbone_variables, hypernet_variables: the two disjoint variable
+            groups (``model.backbone_variables``, ``model.hypernet_variables``).
+        lr: base learning rate (backbone, epoch 0). Default 2e-5.
+        lr_ratio: hypernet / backbone ratio until epoch ``ratio_until + 1``.
+        fixes: which fixes are applied.
+    """
+
+    def __init__(self, optimizer, backbone_variables, hypernet_variables,
+                 lr=2e-5, lr_ratio=10.0, fixes=Fixes(), decay_every=6,
+                 ratio_until=8):
+        super().__init__()
+        self.optimizer = optimizer
+        self.backbone_variables = list(backbone_variables)
+        self.hypernet_variables = list(hypernet_variables)
+        self.lr = float(lr)
+        self.lr_ratio = float(lr_ratio)
+        self.fixes = fixes
+        self.decay_every = decay_every
+        self.ratio_until = ratio_until
+
+    def rates(self, epoch):
+        """``(backbone_lr, hypernet_lr)`` that train 0-based ``epoch``."""
+        return epoch_rates(epoch, self.lr, self.lr_ratio, self.fixes,
+                           self.decay_every, self.ratio_until)
+
+    def apply_epoch(self, epoch):
+        """Assign the learning rate and multipliers for ``epoch``."""
+        backbone_lr, hypernet_lr = self.rates(epoch)
+        self.optimizer.learning_rate = backbone_lr
+        self.optimizer.set_group_multiplier(self.backbone_variables, 1.0)
+        ratio = hypernet_lr / backbone_lr if backbone_lr else 0.0
+        self.optimizer.set_group_multiplier(self.hypernet_variables, ratio)
+
+    def on_train_begin(self, logs=None):
+        initial_epoch = int((logs or {}).get("initial_epoch", 0))
+        self.apply_epoch(initial_epoch)
+        if initial_epoch > 0 and not self.fixes.optimizer_reset:
+            # The uninterrupted run reset the slots at the end of the
+            # previous epoch; make resuming independent of whether the
+            # checkpoint was written before or after that reset.
+            self.optimizer.reset_slots()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Computed at the end of epoch t, first acts in epoch t + 1.
+        self.apply_epoch(epoch + 1)
+        if not self.fixes.optimizer_reset:
+            self.optimizer.reset_slots()

@@ -1,0 +1,332 @@
+"""Custom training loop for HyperIQA (not ``model.fit``).
+
+Everything is backend-neutral except the train step and the eval forward:
+
+* torch: forward under autograd, ``torch.autograd.grad`` on the trainable
+  variables, then ``optimizer.apply`` under ``torch.no_grad()``;
+* jax: one ``jax.jit``-compiled step over ``model.stateless_call`` (which also
+  returns the updated non-trainable variables, e.g. BatchNorm statistics) and
+  ``optimizer.stateless_apply`` (moments, step count, learning rate and
+  multipliers all flow through it). The new values are written back into the
+  Keras variables after every step, before any callback runs, and the next
+  step reads them again, so callbacks may change rates or reset slots at any
+  time.
+
+Data sources are duck-typed:
+
+* train source: ``train_batches(epoch)`` yields ``(x, y)`` with ``x`` float32
+  ``(B, P, P, 3)`` in [0, 255] and ``y`` float32 ``(B,)``, deterministic
+  given its seed and ``epoch``; ``steps_per_epoch`` (int or None).
+* eval source: ``eval_batches()`` yields ``(x, image_index)`` with
+  ``image_index`` int ``(B,)``; ``labels`` holds one label per image.
+
+The loss is the mean L1 distance between per-patch scores and labels.
+"""
+
+import csv
+import io
+import math
+import os
+import tempfile
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_hyperiqa.training import checkpoint as ckpt
+from keras_hyperiqa.training.metrics import aggregate_by_image, iqa_metrics
+from keras_hyperiqa.training.optimizer import HyperAdam
+
+
+def l1_loss(predictions, labels):
+    """Mean absolute error between per-patch scores and labels (float32)."""
+    predictions = ops.reshape(ops.cast(predictions, "float32"), (-1,))
+    labels = ops.reshape(ops.cast(labels, "float32"), (-1,))
+    return ops.mean(ops.abs(predictions - labels))
+
+
+class Trainer:
+    """Trains a HyperIQA-like model with :class:`HyperAdam` and callbacks.
+
+    Args:
+        model: a built ``keras.Model`` mapping ``(N, P, P, 3)`` to ``(N,)``
+            scores. If it has ``backbone_variables`` and ``hypernet_variables``
+            the epoch logs report ``backbone_lr`` and ``hypernet_lr``.
+        optimizer: a ``HyperAdam`` (default ``HyperAdam()``); built here on
+            ``model.trainable_variables`` if it is not built yet.
+
+    Attributes:
+        history: list of dicts, one per completed epoch: ``epoch``, ``loss``,
+            ``backbone_lr``, ``hypernet_lr``, ``val_*``, ``test_*`` metrics.
+            Restored by :meth:`restore`, saved by ``CheckpointCallback``.
+    """
+
+    def __init__(self, model, optimizer=None):
+        self.model = model
+        self.optimizer = optimizer if optimizer is not None else HyperAdam()
+        self.backend = keras.backend.backend()
+        if self.backend not in ("torch", "jax"):
+            raise ValueError(
+                f"Trainer supports the torch and jax backends, not "
+                f"{self.backend!r}"
+            )
+        trainable = list(model.trainable_variables)
+        if not trainable:
+            raise ValueError("The model has no trainable variables (built?)")
+        if not self.optimizer.built:
+            self.optimizer.build(trainable)
+        built_on = [id(v) for v in self.optimizer._trainable_variables]
+        if built_on != [id(v) for v in trainable]:
+            raise ValueError(
+                "The optimizer was built on other variables than "
+                "model.trainable_variables (same order required)."
+            )
+        self.history = []
+        self.stop_training = False
+        self._jax_train_fn = None
+        self._jax_predict_fn = None
+
+    # ------------------------------------------------------------ train step
+    def train_step(self, x, y):
+        """One optimizer step on a batch; returns the loss as a float."""
+        if self.backend == "torch":
+            return self._torch_train_step(x, y)
+        return self._jax_train_step(x, y)
+
+    def _torch_train_step(self, x, y):
+        import torch
+
+        model, optimizer = self.model, self.optimizer
+        trainable = optimizer._trainable_variables
+        x = ops.convert_to_tensor(x, dtype="float32")
+        y = ops.convert_to_tensor(y, dtype="float32")
+        with torch.enable_grad():
+            predictions = model(x, training=True)
+            loss = l1_loss(predictions, y)
+            values = [v.value for v in trainable]
+            grads = torch.autograd.grad(loss, values, allow_unused=True)
+        grads = [
+            torch.zeros_like(value) if g is None else g
+            for g, value in zip(grads, values)
+        ]
+        with torch.no_grad():
+            optimizer.apply(grads, trainable)
+        return float(loss.detach().cpu())
+
+    def _make_jax_train_fn(self):
+        import jax
+
+        model, optimizer = self.model, self.optimizer
+
+        def loss_fn(trainable, non_trainable, x, y):
+            predictions, non_trainable = model.stateless_call(
+                trainable, non_trainable, x, training=True
+            )
+            return l1_loss(predictions, y), non_trainable
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def step(trainable, non_trainable, optimizer_vars, x, y):
+            (loss, non_trainable), grads = grad_fn(
+                trainable, non_trainable, x, y
+            )
+            trainable, optimizer_vars = optimizer.stateless_apply(
+                optimizer_vars, grads, trainable
+            )
+            return loss, trainable, non_trainable, optimizer_vars
+
+        return jax.jit(step)
+
+    def _jax_train_step(self, x, y):
+        if self._jax_train_fn is None:
+            self._jax_train_fn = self._make_jax_train_fn()
+        model, optimizer = self.model, self.optimizer
+        trainable_vars = optimizer._trainable_variables
+        non_trainable_vars = model.non_trainable_variables
+        optimizer_vars = optimizer.variables
+        loss, trainable, non_trainable, opt_values = self._jax_train_fn(
+            [v.value for v in trainable_vars],
+            [v.value for v in non_trainable_vars],
+            [v.value for v in optimizer_vars],
+            np.asarray(x, dtype=np.float32),
+            np.asarray(y, dtype=np.float32),
+        )
+        # Write the state back before any callback can look at it.
+        for variable, value in zip(trainable_vars, trainable):
+            variable.assign(value)
+        for variable, value in zip(non_trainable_vars, non_trainable):
+            variable.assign(value)
+        for variable, value in zip(optimizer_vars, opt_values):
+            variable.assign(value)
+        return float(loss)
+
+    # -------------------------------------------------------------- predict
+    def predict_on_batch(self, x):
+        """Per-patch scores (numpy float32, shape (N,)) in inference mode."""
+        if self.backend == "torch":
+            import torch
+
+            with torch.no_grad():
+                out = self.model(
+                    ops.convert_to_tensor(x, dtype="float32"), training=False
+                )
+            out = ops.convert_to_numpy(ops.cast(out, "float32"))
+        else:
+            if self._jax_predict_fn is None:
+                import jax
+
+                model = self.model
+
+                def forward(trainable, non_trainable, x):
+                    out, _ = model.stateless_call(
+                        trainable, non_trainable, x, training=False
+                    )
+                    return ops.cast(out, "float32")
+
+                self._jax_predict_fn = jax.jit(forward)
+            out = np.asarray(
+                self._jax_predict_fn(
+                    [v.value for v in self.model.trainable_variables],
+                    [v.value for v in self.model.non_trainable_variables],
+                    np.asarray(x, dtype=np.float32),
+                )
+            )
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def predict(self, source):
+        """Per-image mean score over the source's patches (numpy float64)."""
+        scores, index = [], []
+        for x, image_index in source.eval_batches():
+            scores.append(self.predict_on_batch(x))
+            index.append(np.asarray(image_index).reshape(-1))
+        num_images = len(source.labels) if hasattr(source, "labels") else None
+        return aggregate_by_image(
+            np.concatenate(scores), np.concatenate(index), num_images
+        )
+
+    def evaluate(self, source):
+        """Image-level ``{"srcc", "plcc", "krcc", "rmse"}`` on an eval source."""
+        return iqa_metrics(self.predict(source), source.labels)
+
+    # ------------------------------------------------------------------ fit
+    def group_learning_rates(self):
+        """``{"backbone_lr", "hypernet_lr"}`` currently set in the optimizer.
+
+        Falls back to ``{"lr": base learning rate}`` when the model has no
+        ``backbone_variables`` / ``hypernet_variables``.
+        """
+        rates = {}
+        for name in ("backbone", "hypernet"):
+            variables = getattr(self.model, f"{name}_variables", None)
+            if variables:
+                rate = self.optimizer.effective_learning_rate(variables[0])
+                # float32 storage: report 2e-05, not 1.9999999494757503e-05.
+                rates[f"{name}_lr"] = float(f"{rate:.7g}")
+        if not rates:
+            rates["lr"] = float(ops.convert_to_numpy(self.optimizer._learning_rate))
+        return rates
+
+    def restore(self, path):
+        """Load a checkpoint into model + optimizer; return the next epoch.
+
+        Also restores :attr:`history`, so model selection and the CSV log
+        cover the epochs run before the interruption.
+        """
+        state = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        self.history = list(state.get("history", []))
+        return int(state["next_epoch"])
+
+    def fit(self, train, epochs, val=None, test=None, callbacks=None,
+            initial_epoch=0, verbose=1):
+        """Train 0-based epochs ``initial_epoch .. epochs - 1``.
+
+        Each epoch: ``train.train_batches(epoch)`` steps, then image-level
+        evaluation on ``val`` and ``test`` (when given), then
+        ``on_epoch_end`` with logs ``loss`` (mean over steps), the rates that
+        trained this epoch (``backbone_lr``, ``hypernet_lr``) and
+        ``val_srcc``, ``val_plcc``, ``val_krcc``, ``val_rmse``, ``test_*``.
+        The row (plus ``epoch``) is appended to :attr:`history` *before* the
+        callbacks run, so checkpoint and CSV callbacks see it.
+
+        Callbacks run through ``keras.callbacks.CallbackList`` in the given
+        order (put the schedule first); a Keras progress bar is added when
+        ``verbose``. ``on_train_begin`` receives ``{"initial_epoch": ...}``.
+
+        Returns:
+            :attr:`history`.
+        """
+        steps = getattr(train, "steps_per_epoch", None)
+        callback_list = keras.callbacks.CallbackList(
+            list(callbacks or []),
+            add_history=False,
+            add_progbar=bool(verbose),
+            model=self.model,
+            verbose=verbose,
+            epochs=epochs,
+            steps=steps,
+        )
+        self.stop_training = False
+        self.model.stop_training = False
+        callback_list.on_train_begin({"initial_epoch": int(initial_epoch)})
+        logs = {}
+        for epoch in range(int(initial_epoch), int(epochs)):
+            callback_list.on_epoch_begin(epoch)
+            total, count = 0.0, 0
+            rates = self.group_learning_rates()
+            for step, (x, y) in enumerate(train.train_batches(epoch)):
+                callback_list.on_train_batch_begin(step)
+                loss = self.train_step(x, y)
+                total += loss
+                count += 1
+                callback_list.on_train_batch_end(step, {"loss": loss})
+            logs = {"loss": total / count if count else math.nan}
+            logs.update(rates)
+            for prefix, source in (("val_", val), ("test_", test)):
+                if source is not None:
+                    for key, value in self.evaluate(source).items():
+                        logs[prefix + key] = value
+            self.history.append({"epoch": epoch, **logs})
+            callback_list.on_epoch_end(epoch, dict(logs))
+            if self.stop_training or getattr(self.model, "stop_training", False):
+                break
+        callback_list.on_train_end(logs)
+        return self.history
+
+
+class HistoryCSVLogger(keras.callbacks.Callback):
+    """Rewrites a CSV of ``trainer.history`` atomically after every epoch.
+
+    Unlike ``keras.callbacks.CSVLogger`` (append per row) the file always
+    equals the history of the last checkpointed state after a resume, with no
+    duplicated or missing rows. Columns: ``epoch`` then the log keys in first
+    appearance order.
+    """
+
+    def __init__(self, path, trainer):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.trainer = trainer
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows = self.trainer.history
+        keys = []
+        for row in rows:
+            for key in row:
+                if key not in keys:
+                    keys.append(key)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-csv-", dir=directory)
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                f.write(buffer.getvalue())
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
