@@ -1,0 +1,311 @@
+"""The patch pipeline: batches of 224x224 crops, decoding each image once per epoch.
+
+The original HyperIQA repeats every image ``patch_num`` times in its sample
+list and decodes the whole file again for each of its 25 patches. Here an
+epoch walks a seeded permutation of the images in chunks; a thread pool
+(PIL releases the GIL while decoding) decodes each image of a chunk once,
+applies the preset resize, upscales it if it is smaller than the patch, and
+cuts all of its crops; the chunk's patches (plus the leftover of the previous
+chunk) are shuffled together and cut into batches, so a batch mixes patches of
+many images. Memory stays bounded: one chunk of patches plus a look-ahead of
+the next, as ``uint8``; only the batch being yielded is ``float32``.
+
+Determinism: every random number is drawn from ``default_rng([seed, epoch])``
+in the main thread (image order, one child seed per image, the in-chunk
+shuffles), and each image's crops and flips come from its own child seed, so
+the batches depend on ``(seed, epoch)`` only, never on the number of workers.
+
+Training crops: ``patches_per_image`` random ``patch_size`` crops per image per
+epoch, each flipped horizontally with probability 1/2. Test crops: either a
+deterministic ``k x k`` grid (``k = sqrt(patches_per_image)``) whose top/left
+offsets are ``numpy.linspace(0, H - patch, k).round()`` (same for W), or, as
+in the original, seeded random crops without flips.
+
+An optional cache keeps decoded (resized) ``uint8`` images in memory as long
+as their total size stays under ``cache_bytes``, so later epochs skip decoding.
+
+Batches are numpy: ``x`` float32 (B, P, P, 3) with values 0..255 (channels
+last, not normalised), ``y`` float32 (B,) for training or ``image_index``
+int64 (B,) for evaluation. Nothing here imports keras, torch or jax.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from keras_hyperiqa.data.images import ensure_min_side, load_rgb, resize_hw, resize_short_side
+from keras_hyperiqa.data.records import Record
+from keras_hyperiqa.errors import UserError
+
+_EVAL_STREAM = 0x5EED_E7A1
+
+
+def grid_offsets(height: int, width: int, patch: int, k: int) -> list[tuple[int, int]]:
+    """The k*k (top, left) offsets of the test grid, row-major.
+
+    ``tops = numpy.linspace(0, height - patch, k).round()`` and likewise for
+    ``width``; the image must be at least ``patch`` on both sides (see
+    ``images.ensure_min_side``).
+    """
+    if k < 1:
+        raise UserError(f"grid size must be at least 1, got {k}")
+    if height < patch or width < patch:
+        raise UserError(f"image {height}x{width} is smaller than the {patch} patch; upscale it first")
+    tops = np.linspace(0, height - patch, k).round().astype(int)
+    lefts = np.linspace(0, width - patch, k).round().astype(int)
+    return [(int(t), int(l)) for t in tops for l in lefts]
+
+
+class _Inline:
+    """Executor stand-in for workers=0: runs each job at submit time."""
+
+    def submit(self, fn, *args):
+        fut = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as err:  # delivered at .result(), like a thread pool
+            fut.set_exception(err)
+        return fut
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+class PatchDataset:
+    """Patches of a list of images for training (random crops + flips) or testing.
+
+    ``items``: ``Record``s or ``(path, label)`` pairs. ``resize`` (H, W) or
+    ``short_side`` apply the dataset preset before cropping; images smaller
+    than ``patch_size`` are upscaled (bilinear, keeping aspect) until the short
+    side equals it. ``crops`` picks the test crops: ``'grid'`` (default,
+    ``patches_per_image`` must be a perfect square) or ``'random'``.
+    ``workers`` threads decode in parallel (0 = in the calling thread);
+    ``chunk_images`` images are decoded and their patches shuffled together.
+    """
+
+    def __init__(
+        self,
+        items,
+        patch_size: int = 224,
+        patches_per_image: int = 25,
+        resize: tuple[int, int] | None = None,
+        train: bool = True,
+        crops: str = "grid",
+        seed: int = 0,
+        batch_size: int = 96,
+        cache_bytes: int = 0,
+        workers: int | None = None,
+        short_side: int | None = None,
+        flip: bool = True,
+        chunk_images: int | None = None,
+        drop_last: bool = False,
+    ):
+        paths, labels = [], []
+        for item in items:
+            if isinstance(item, Record):
+                paths.append(item.path)
+                labels.append(item.label)
+            else:
+                paths.append(str(item[0]))
+                labels.append(float(item[1]))
+        if not paths:
+            raise UserError("no images to make patches from (empty image list)")
+        if patch_size < 1 or patches_per_image < 1 or batch_size < 1:
+            raise UserError("patch_size, patches_per_image and batch_size must be positive")
+        if crops not in ("grid", "random"):
+            raise UserError(f"test crops must be 'grid' or 'random', got {crops!r}")
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.float32)
+        self.patch_size = int(patch_size)
+        self.patches_per_image = int(patches_per_image)
+        self.resize = tuple(int(v) for v in resize) if resize else None
+        self.short_side = int(short_side) if short_side else None
+        self.train = bool(train)
+        self.crops = crops
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.cache_bytes = int(cache_bytes or 0)
+        self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
+        self.flip = bool(flip)
+        self.chunk_images = int(chunk_images) if chunk_images else max(16, math.ceil(4 * self.batch_size / self.patches_per_image))
+        self.drop_last = bool(drop_last)
+        self._cache: dict[int, np.ndarray] = {}
+        self._cache_used = 0
+        self._lock = threading.Lock()
+        if not self.train and crops == "grid":
+            self.grid_k  # raises for a non-square count
+
+    # ------------------------------------------------------------ basics
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def grid_k(self) -> int:
+        k = math.isqrt(self.patches_per_image)
+        if k * k != self.patches_per_image:
+            raise UserError(
+                f"grid test crops need a square number of patches per image (4, 9, 16, 25, ...),"
+                f" got {self.patches_per_image}; use crops='random' or change the count"
+            )
+        return k
+
+    @property
+    def steps_per_epoch(self) -> int:
+        total = len(self.paths) * self.patches_per_image
+        return total // self.batch_size if self.drop_last else math.ceil(total / self.batch_size)
+
+    @property
+    def eval_steps(self) -> int:
+        return math.ceil(len(self.paths) * self.patches_per_image / self.batch_size)
+
+    @property
+    def cache_used_bytes(self) -> int:
+        return self._cache_used
+
+    def load(self, i: int) -> np.ndarray:
+        """Image ``i`` decoded, preset-resized and upscaled to at least the patch size (uint8 HxWx3)."""
+        cached = self._cache.get(i)
+        if cached is not None:
+            return cached
+        img = load_rgb(self.paths[i])
+        if self.resize is not None:
+            img = resize_hw(img, self.resize)
+        elif self.short_side is not None:
+            img = resize_short_side(img, self.short_side)
+        img = ensure_min_side(img, self.patch_size)
+        if self.cache_bytes > 0:
+            with self._lock:
+                if self._cache_used + img.nbytes <= self.cache_bytes and i not in self._cache:
+                    img.setflags(write=False)
+                    self._cache[i] = img
+                    self._cache_used += img.nbytes
+        return img
+
+    def _executor(self):
+        return ThreadPoolExecutor(max_workers=self.workers) if self.workers > 0 else _Inline()
+
+    # ------------------------------------------------------------ training
+
+    def _train_job(self, i: int, image_seed: int) -> np.ndarray:
+        img = self.load(i)
+        h, w = img.shape[:2]
+        p, n = self.patch_size, self.patches_per_image
+        rng = np.random.default_rng(image_seed)
+        tops = rng.integers(0, h - p + 1, size=n)
+        lefts = rng.integers(0, w - p + 1, size=n)
+        flips = rng.random(n) < 0.5
+        out = np.empty((n, p, p, 3), dtype=np.uint8)
+        for k in range(n):
+            crop = img[tops[k]:tops[k] + p, lefts[k]:lefts[k] + p]
+            out[k] = crop[:, ::-1] if (self.flip and flips[k]) else crop
+        return out
+
+    def train_batches(self, epoch: int = 0):
+        """Yield ``(x, y)`` batches for ``epoch``: deterministic in (seed, epoch)."""
+        n, per, bs = len(self.paths), self.patches_per_image, self.batch_size
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        order = rng.permutation(n)
+        image_seeds = rng.integers(0, 2**63 - 1, size=n)
+        chunk = self.chunk_images
+        pool = self._executor()
+        pending: deque = deque()
+        submitted = 0
+        carry_x = np.empty((0, self.patch_size, self.patch_size, 3), dtype=np.uint8)
+        carry_y = np.empty((0,), dtype=np.float32)
+        try:
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                while submitted < min(n, stop + chunk):  # this chunk plus one chunk of look-ahead
+                    pending.append(pool.submit(self._train_job, int(order[submitted]), int(image_seeds[submitted])))
+                    submitted += 1
+                xs = [carry_x]
+                ys = [carry_y]
+                for j in range(start, stop):
+                    xs.append(pending.popleft().result())
+                    ys.append(np.full(per, self.labels[order[j]], dtype=np.float32))
+                x_all = np.concatenate(xs)
+                y_all = np.concatenate(ys)
+                perm = rng.permutation(len(x_all))
+                full = len(x_all) // bs
+                for b in range(full):
+                    sel = perm[b * bs:(b + 1) * bs]
+                    yield x_all[sel].astype(np.float32), y_all[sel]
+                rest = perm[full * bs:]
+                carry_x, carry_y = x_all[rest], y_all[rest]
+            if len(carry_x) and not self.drop_last:
+                yield carry_x.astype(np.float32), carry_y
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------ evaluation
+
+    def test_offsets(self, i: int, height: int, width: int) -> list[tuple[int, int]]:
+        """The (top, left) test crops of image ``i`` once prepared to ``height`` x ``width``."""
+        p = self.patch_size
+        if self.crops == "grid":
+            return grid_offsets(height, width, p, self.grid_k)
+        rng = np.random.default_rng([self.seed, _EVAL_STREAM, int(i)])
+        tops = rng.integers(0, height - p + 1, size=self.patches_per_image)
+        lefts = rng.integers(0, width - p + 1, size=self.patches_per_image)
+        return [(int(t), int(l)) for t, l in zip(tops, lefts)]
+
+    def _eval_job(self, i: int) -> np.ndarray:
+        img = self.load(i)
+        p = self.patch_size
+        offsets = self.test_offsets(i, img.shape[0], img.shape[1])
+        out = np.empty((len(offsets), p, p, 3), dtype=np.uint8)
+        for k, (t, l) in enumerate(offsets):
+            out[k] = img[t:t + p, l:l + p]
+        return out
+
+    def eval_batches(self):
+        """Yield ``(x, image_index)`` batches over every image's test crops, in image order."""
+        if self.crops == "grid":
+            self.grid_k
+        n, bs = len(self.paths), self.batch_size
+        lookahead = max(2 * self.workers, 4)
+        pool = self._executor()
+        pending: deque = deque()
+        submitted = 0
+        buf_x: list[np.ndarray] = []
+        buf_i: list[np.ndarray] = []
+        buffered = 0
+        try:
+            for i in range(n):
+                while submitted < min(n, i + 1 + lookahead):
+                    pending.append(pool.submit(self._eval_job, submitted))
+                    submitted += 1
+                patches = pending.popleft().result()
+                buf_x.append(patches)
+                buf_i.append(np.full(len(patches), i, dtype=np.int64))
+                buffered += len(patches)
+                while buffered >= bs:
+                    x_all, i_all = np.concatenate(buf_x), np.concatenate(buf_i)
+                    yield x_all[:bs].astype(np.float32), i_all[:bs]
+                    buf_x, buf_i = [x_all[bs:]], [i_all[bs:]]
+                    buffered -= bs
+            if buffered:
+                yield np.concatenate(buf_x).astype(np.float32), np.concatenate(buf_i)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def batches(self, epoch: int = 0):
+        """``train_batches(epoch)`` for a training set, ``eval_batches()`` otherwise."""
+        return self.train_batches(epoch) if self.train else self.eval_batches()
+
+    def image_means(self, patch_scores, image_index) -> np.ndarray:
+        """Average per-patch scores per image (all images must have been scored)."""
+        scores = np.asarray(patch_scores, dtype=np.float64).reshape(-1)
+        index = np.asarray(image_index, dtype=np.int64).reshape(-1)
+        n = len(self.paths)
+        counts = np.bincount(index, minlength=n)
+        if np.any(counts == 0):
+            raise ValueError(f"{int(np.sum(counts == 0))} image(s) have no scored patches")
+        return np.bincount(index, weights=scores, minlength=n) / counts
