@@ -46,7 +46,7 @@ def check_image_header(path: str) -> str | None:
 
 
 def validate(info: DatasetInfo, check_images: bool = True, workers: int | None = None) -> list[Problem]:
-    """Every problem with ``info``: the reader's, then per-record ones in record order."""
+    """Every problem with ``info`` (the reader's and per-record ones), sorted by file and row."""
     problems: list[Problem] = list(info.problems)
     per_record: dict[int, list[str]] = {}
 
@@ -74,6 +74,8 @@ def validate(info: DatasetInfo, check_images: bool = True, workers: int | None =
     for i in sorted(per_record):
         for reason in per_record[i]:
             problems.append(Problem.for_record(info.records[i], reason, index=i))
+    # one report in file order: reader problems and record problems interleaved by row
+    problems.sort(key=lambda p: (p.file, p.row if p.row is not None else -1))
     return problems
 
 
