@@ -1,18 +1,22 @@
 """keras-hyperiqa: HyperIQA as Keras 3 layers (torch by default, jax too).
 
 Importing the package sets ``KERAS_BACKEND=torch`` when it is unset, so import
-``keras_hyperiqa`` before ``keras``. Heavy modules (keras, keras-hub) are loaded
-on first attribute access only, which keeps ``keras-hyperiqa --help`` fast.
+``keras_hyperiqa`` before ``keras``. Heavy modules (keras, keras-hub) load on
+first use only, which keeps ``keras-hyperiqa --help`` fast; the model classes
+are registered with Keras as soon as keras is imported, so
+``keras.saving.load_model("model.keras")`` works after ``import keras_hyperiqa``.
 """
 
-from keras_hyperiqa.backend import ensure_default_backend
+from keras_hyperiqa.backend import ensure_default_backend, register_when_keras_loads
 
 ensure_default_backend()
+register_when_keras_loads()
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "HyperIQA": "keras_hyperiqa.model.hyperiqa",
+    "load_backbone_weights": "keras_hyperiqa.convert.backbone",
     "convert_original_checkpoint": "keras_hyperiqa.convert.original",
     "load_original_checkpoint": "keras_hyperiqa.convert.original",
     "UserError": "keras_hyperiqa.errors",
@@ -26,3 +30,7 @@ def __getattr__(name):
         module = importlib.import_module(_LAZY[name])
         return getattr(module, name)
     raise AttributeError(f"module 'keras_hyperiqa' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

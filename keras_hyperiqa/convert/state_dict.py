@@ -1,0 +1,130 @@
+"""Reading foreign weight files, and porting their tensors into Keras variables.
+
+``WeightTable`` has the ``port_weight(variable, key, hook_fn)`` interface of
+keras-hub's ``SafetensorLoader``, so keras-hub's own timm converters
+(``keras_hub.src.utils.timm.convert_resnet.convert_weights``) run on a plain
+state dict. Unlike keras-hub's loader it never stops at the first problem: it
+records every missing key and wrong shape, and ``check()`` reports them all, so
+nothing is half-converted silently.
+"""
+
+import os
+import pickle
+import zipfile
+
+import numpy as np
+
+from keras_hyperiqa.errors import UserError
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def read_state_dict(path):
+    """Load a weight file into ``{key: numpy array}``.
+
+    Accepts a ``torch.save``d state dict (read with ``weights_only=True``, so no
+    code in the file runs), a dict wrapping one under ``state_dict`` / ``model``,
+    or a ``.safetensors`` file. ``num_batches_tracked`` entries are dropped:
+    they carry no weights.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        try:
+            tensors = load_file(path)
+        except Exception as err:  # safetensors raises its own error types
+            raise UserError(f"{path}: not a readable safetensors file ({_reason(err)})") from None
+    else:
+        import torch
+
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile,
+                ValueError, OSError) as err:
+            raise UserError(f"{path}: not a readable torch checkpoint ({_reason(err)})") from None
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
+            raise UserError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
+        tensors = {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+                   for k, v in obj.items()}
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
+    if not tensors:
+        raise UserError(f"{path}: the file holds no tensors")
+    return tensors
+
+
+def _reason(err):
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+class WeightTable:
+    """Ports tensors of a state dict into Keras variables, recording problems.
+
+    Args:
+        tensors: ``{key: array}``.
+        prefix: prepended to every key asked for (e.g. ``"res."``).
+        source: the file name, for messages.
+    """
+
+    def __init__(self, tensors, prefix="", source="state dict"):
+        self.tensors = tensors
+        self.prefix = prefix
+        self.source = source
+        self.used = set()
+        self.missing = []
+        self.mismatched = []
+
+    def get_tensor(self, key):
+        return self.tensors[self.prefix + key]
+
+    def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
+        key = self.prefix + hf_weight_key
+        if key not in self.tensors:
+            self.missing.append(key)
+            return
+        self.used.add(key)
+        value = self.tensors[key]
+        if hook_fn is not None:
+            try:
+                value = hook_fn(value, list(keras_variable.shape))
+            except ValueError:
+                self.mismatched.append(f"{key} {list(self.tensors[key].shape)}")
+                return
+        if tuple(value.shape) != tuple(keras_variable.shape):
+            self.mismatched.append(
+                f"{key} {list(self.tensors[key].shape)} (expected a tensor for "
+                f"{list(keras_variable.shape)})"
+            )
+            return
+        keras_variable.assign(np.asarray(value, dtype="float32"))
+
+    def unused(self, ignore=()):
+        """Keys never ported, except those starting with one of ``ignore``."""
+        return sorted(
+            k for k in self.tensors
+            if k not in self.used and not (ignore and k.startswith(tuple(ignore)))
+        )
+
+    def check(self, ignore_unused=()):
+        """Raise one ``UserError`` naming every missing, mis-shaped and extra key.
+
+        ``ignore_unused``: key prefixes that may legitimately stay unused (a
+        classifier head, say).
+        """
+        parts = []
+        if self.missing:
+            parts.append(f"missing keys: {', '.join(self.missing)}")
+        if self.mismatched:
+            parts.append(f"wrong shapes: {', '.join(self.mismatched)}")
+        extra = self.unused(ignore_unused)
+        if extra:
+            parts.append(f"unexpected keys: {', '.join(extra)}")
+        if parts:
+            raise UserError(f"{self.source}: does not match the model; " + "; ".join(parts))

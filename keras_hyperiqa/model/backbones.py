@@ -1,0 +1,89 @@
+"""Backbones from keras-hub, and the four feature maps HyperIQA taps from them.
+
+keras-hub is imported inside functions only: it imports TensorFlow (seconds).
+"""
+
+import keras
+
+from keras_hyperiqa.errors import UserError
+
+# keras-hub ResNetBackbone arguments for torchvision's ResNets ("v1.5": stride
+# on the 3x3 conv, which is what keras-hub's bottleneck block does).
+_RESNET_BLOCKS = {
+    "resnet18": ("basic_block", [2, 2, 2, 2]),
+    "resnet34": ("basic_block", [3, 4, 6, 3]),
+    "resnet50": ("bottleneck_block", [3, 4, 6, 3]),
+    "resnet101": ("bottleneck_block", [3, 4, 23, 3]),
+    "resnet152": ("bottleneck_block", [3, 8, 36, 3]),
+}
+
+# A small ResNet for CPU demos and tests: one basic block per stage, 64-wide
+# throughout (keras-hub requires 64 filters in the first stage).
+_RESNET_TINY = dict(
+    stackwise_num_filters=[64, 64, 64, 64],
+    stackwise_num_blocks=[1, 1, 1, 1],
+    stackwise_num_strides=[1, 2, 2, 2],
+    block_type="basic_block",
+    use_pre_activation=False,
+    input_conv_filters=[64],
+    input_conv_kernel_sizes=[7],
+)
+
+SWIN_NAMES = ("swin_tiny", "swin_small", "swin_base")
+BACKBONES = tuple(_RESNET_BLOCKS) + ("resnet_tiny",) + SWIN_NAMES
+
+
+def resnet_config(name):
+    """keras-hub ``ResNetBackbone`` kwargs for a ResNet name."""
+    if name == "resnet_tiny":
+        return dict(_RESNET_TINY)
+    block_type, blocks = _RESNET_BLOCKS[name]
+    return dict(
+        stackwise_num_filters=[64, 128, 256, 512],
+        stackwise_num_blocks=blocks,
+        stackwise_num_strides=[1, 2, 2, 2],
+        block_type=block_type,
+        use_pre_activation=False,
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+    )
+
+
+def check_backbone_name(name):
+    if name not in BACKBONES:
+        raise UserError(
+            f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}"
+        )
+    return name
+
+
+def is_swin(name):
+    return name in SWIN_NAMES
+
+
+def build_backbone(name, image_size=224):
+    """Return ``(backbone, features)`` for a backbone name.
+
+    ``backbone`` is the keras-hub model (randomly initialised); ``features`` a
+    ``keras.Model`` over the same layers returning the four stage outputs,
+    channels-last, strides 4, 8, 16, 32.
+    """
+    check_backbone_name(name)
+    if is_swin(name):
+        from keras_hyperiqa.model import swin
+
+        backbone = swin.build_swin_backbone(name)
+        return backbone, swin.swin_feature_model(backbone)
+
+    from keras_hub.models import ResNetBackbone
+
+    backbone = ResNetBackbone(
+        **resnet_config(name), image_shape=(image_size, image_size, 3),
+        data_format="channels_last", name="backbone",
+    )
+    features = keras.Model(
+        backbone.inputs,
+        [backbone.pyramid_outputs[f"P{i}"] for i in range(2, 6)],
+        name="backbone_features",
+    )
+    return backbone, features
