@@ -2,6 +2,8 @@
 
 Typical wiring (what the CLI does)::
 
+    if precision == "bf16":                      # GPU runs; fp32 default
+        keras.config.set_dtype_policy("mixed_bfloat16")   # before the model
     keras.utils.set_random_seed(seed)
     model = HyperIQA(...)
     optimizer = HyperAdam(learning_rate=lr, weight_decay=5e-4)
@@ -15,6 +17,13 @@ Typical wiring (what the CLI does)::
     trainer.fit(train, epochs, val=val, test=test, initial_epoch=initial_epoch,
                 callbacks=[schedule, CheckpointCallback(ckpt_dir, trainer),
                            HistoryCSVLogger(csv_path, trainer)])
+
+``ckpt_dir/last.npz`` is the latest completed epoch (model variables, every
+optimizer variable, loop position and history, written atomically). Rounds:
+:func:`run_rounds` with a ``train_round(round, seed)`` that does the above on
+:func:`split_indices` ``(n, seed)`` and returns the history; it reports test
+metrics at the epoch selected on ``val_srcc`` plus the optimistic best-test
+epoch, per round and as medians.
 """
 
 from keras_hyperiqa.training.checkpoint import (
