@@ -107,6 +107,9 @@ def timm_case(tmp_path_factory):
     model = timm.create_model(TIMM_NAME, pretrained=False)
     _randomise(model)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
+    # timm 1.0 no longer saves this buffer; old checkpoints do.
+    index = {k: v.clone() for k, v in model.named_buffers()
+             if k.endswith("relative_position_index")}
     ckpt = d / "swin_tiny.pth"
     torch.save(sd, ckpt)
 
@@ -120,7 +123,8 @@ def timm_case(tmp_path_factory):
     assert [r.shape for r in ref] == EXPECTED_SHAPES
     x_nhwc = x.permute(0, 2, 3, 1).numpy()
     np.save(d / "x.npy", x_nhwc)
-    return {"dir": d, "ckpt": ckpt, "sd": sd, "x": x_nhwc, "ref": ref}
+    return {"dir": d, "ckpt": ckpt, "sd": sd, "index": index, "x": x_nhwc,
+            "ref": ref}
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +236,7 @@ def test_other_sources_load_same_weights(timm_case, loaded_backbone, tmp_path,
     elif source == "features_only":
         src = _features_only_state_dict(sd)
     elif source == "old_layout":
-        src = _old_layout(sd)
+        src = _old_layout({**sd, **timm_case["index"]})
     else:
         src = {"model": {"backbone." + k: v for k, v in sd.items()}}
     kwargs = {"prefix": "backbone."} if source == "wrapped" else {}
@@ -262,6 +266,14 @@ def test_wrong_shape_is_named_and_nothing_assigned(timm_case, loaded_backbone):
     bias = _np(loaded_backbone.patch_embedding.proj.bias)
     np.testing.assert_array_equal(
         bias, timm_case["sd"]["patch_embed.proj.bias"].numpy())
+
+
+def test_foreign_relative_position_index_is_refused(timm_case,
+                                                   loaded_backbone):
+    key = "layers.0.blocks.1.attn.relative_position_index"
+    sd = {**timm_case["sd"], key: timm_case["index"][key].T.contiguous()}
+    with pytest.raises(UserError, match="relative_position_index differs"):
+        load_timm_swin_weights(loaded_backbone, sd)
 
 
 def test_unreadable_path(tmp_path, loaded_backbone):

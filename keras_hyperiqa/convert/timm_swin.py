@@ -186,21 +186,13 @@ def _check_relative_position_index(backbone, sd):
         for bi, block in enumerate(stage.blocks):
             key = f"layers.{si}.blocks.{bi}.attn.relative_position_index"
             if key in sd:
-                ours = np.asarray(
-                    _keras_to_numpy(block.attn.relative_position_index)
-                )
+                ours = _to_numpy(block.attn.relative_position_index)
                 theirs = sd[key]
                 if theirs.shape != ours.shape or not np.array_equal(
                     theirs.astype(np.int64), ours.astype(np.int64)
                 ):
                     problems.append(key)
     return problems
-
-
-def _keras_to_numpy(x):
-    from keras import ops
-
-    return ops.convert_to_numpy(x)
 
 
 # --------------------------------------------------------------------------
