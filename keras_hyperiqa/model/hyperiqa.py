@@ -26,7 +26,18 @@ class HyperIQA(keras.Model):
 
     Variable groups, as the original solver groups them:
     ``backbone_variables`` (backbone + LDA taps) and ``hypernet_variables``
-    (head ``conv1`` + generators).
+    (head ``conv1`` + generators); together they are exactly
+    ``trainable_variables``, each variable in one group.
+
+    Backbone layers the forward never runs are frozen (``trainable=False``):
+    for Swin that is keras-hub's final ``norm`` (timm's ``features_only``
+    drops it too). It stays in ``weights``, so a timm checkpoint's ``norm``
+    still loads and saves, but it is in no optimizer group and gets no
+    weight decay. ``frozen_backbone_layers`` names such layers.
+
+    ``.keras`` files: the model is rebuilt from its config and each variable
+    is stored once, under ``backbone`` (the feature model only re-uses the
+    backbone's layers, so the saver finds its variables already written).
 
     Args:
         backbone: ``resnet50`` (default), ``resnet18/34/101/152``,
@@ -42,11 +53,14 @@ class HyperIQA(keras.Model):
         patch_size: input patch size (224).
         resize: inference preprocessing carried with the model: ``(H, W)`` to
             resize each image to before cropping, or ``None``.
+        short_side: alternatively, resize keeping the aspect so the short side
+            is this long (SPAQ's usual 512), or ``None``.
     """
 
     def __init__(self, backbone="resnet50", lda_out=16, hyper_in=112,
                  target_dims=(224, 112, 56, 28, 14, 1), head_widths=None,
-                 multiscale=False, patch_size=224, resize=None, **kwargs):
+                 multiscale=False, patch_size=224, resize=None, short_side=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.backbone_name = check_backbone_name(backbone)
         self.lda_out = int(lda_out)
@@ -58,8 +72,10 @@ class HyperIQA(keras.Model):
         self.multiscale = bool(multiscale)
         self.patch_size = int(patch_size)
         self.resize = None if resize is None else tuple(int(v) for v in resize)
+        self.short_side = None if short_side is None else int(short_side)
 
         self.backbone, self.backbone_features = build_backbone(backbone, self.patch_size)
+        self.frozen_backbone_layers = _freeze_unused(self.backbone, self.backbone_features)
         shapes = [tuple(t.shape[1:]) for t in self.backbone_features.outputs]
         self.feature_size = shapes[-1][0]
         lda_units = [self.lda_out] * 3 + [self.target_dims[0] - 3 * self.lda_out]
@@ -130,13 +146,34 @@ class HyperIQA(keras.Model):
             target_dims=list(self.target_dims), head_widths=list(self.head_widths),
             multiscale=self.multiscale, patch_size=self.patch_size,
             resize=None if self.resize is None else list(self.resize),
+            short_side=self.short_side,
         )
         return config
 
     @property
     def preprocessing(self):
         """How images are prepared for this model at inference: resize and patch size."""
-        return {"resize": self.resize, "patch_size": self.patch_size}
+        return {"resize": self.resize, "short_side": self.short_side,
+                "patch_size": self.patch_size}
+
+
+def _freeze_unused(backbone, features):
+    """Set ``trainable=False`` on backbone layers none of whose weights ``features`` uses.
+
+    Returns their names. A layer only partly used would leave an unused
+    trainable variable in the backbone group; that is refused.
+    """
+    used = {id(v) for v in features.weights}
+    frozen = []
+    for layer in backbone.layers:
+        ids = [id(v) for v in layer.weights]
+        if not ids or all(i in used for i in ids):
+            continue
+        if any(i in used for i in ids):
+            raise ValueError(f"backbone layer {layer.name!r} is only partly used by the features")
+        layer.trainable = False
+        frozen.append(layer.name)
+    return tuple(frozen)
 
 
 def _avg_pool_to(x, size):

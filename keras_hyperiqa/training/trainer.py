@@ -38,6 +38,44 @@ from keras_hyperiqa.training.metrics import aggregate_by_image, iqa_metrics
 from keras_hyperiqa.training.optimizer import HyperAdam
 
 
+class Predictor:
+    """Inference-mode scores for batches of patches, on torch or jax.
+
+    torch: a forward under ``torch.no_grad``; jax: a jit-compiled
+    ``stateless_call`` (compiled once per input shape), reading the model's
+    current variable values at every call.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.backend = keras.backend.backend()
+        self._jax_fn = None
+
+    def __call__(self, x):
+        model = self.model
+        if self.backend == "torch":
+            import torch
+
+            with torch.no_grad():
+                out = model(ops.convert_to_tensor(x, dtype="float32"), training=False)
+            out = ops.convert_to_numpy(ops.cast(out, "float32"))
+        else:
+            if self._jax_fn is None:
+                import jax
+
+                def forward(trainable, non_trainable, x):
+                    out, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+                    return ops.cast(out, "float32")
+
+                self._jax_fn = jax.jit(forward)
+            out = np.asarray(self._jax_fn(
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+                np.asarray(x, dtype=np.float32),
+            ))
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
 def l1_loss(predictions, labels):
     """Mean absolute error between per-patch scores and labels (float32)."""
     predictions = ops.reshape(ops.cast(predictions, "float32"), (-1,))
@@ -84,7 +122,7 @@ class Trainer:
         self.history = []
         self.stop_training = False
         self._jax_train_fn = None
-        self._jax_predict_fn = None
+        self._predictor = None
 
     # ------------------------------------------------------------ train step
     def train_step(self, x, y):
@@ -111,6 +149,7 @@ class Trainer:
         ]
         with torch.no_grad():
             optimizer.apply(grads, trainable)
+        self.last_predictions = predictions.detach()
         return float(loss.detach().cpu())
 
     def _make_jax_train_fn(self):
@@ -122,18 +161,18 @@ class Trainer:
             predictions, non_trainable = model.stateless_call(
                 trainable, non_trainable, x, training=True
             )
-            return l1_loss(predictions, y), non_trainable
+            return l1_loss(predictions, y), (non_trainable, predictions)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
         def step(trainable, non_trainable, optimizer_vars, x, y):
-            (loss, non_trainable), grads = grad_fn(
+            (loss, (non_trainable, predictions)), grads = grad_fn(
                 trainable, non_trainable, x, y
             )
             trainable, optimizer_vars = optimizer.stateless_apply(
                 optimizer_vars, grads, trainable
             )
-            return loss, trainable, non_trainable, optimizer_vars
+            return loss, predictions, trainable, non_trainable, optimizer_vars
 
         return jax.jit(step)
 
@@ -144,7 +183,7 @@ class Trainer:
         trainable_vars = optimizer._trainable_variables
         non_trainable_vars = model.non_trainable_variables
         optimizer_vars = optimizer.variables
-        loss, trainable, non_trainable, opt_values = self._jax_train_fn(
+        loss, predictions, trainable, non_trainable, opt_values = self._jax_train_fn(
             [v.value for v in trainable_vars],
             [v.value for v in non_trainable_vars],
             [v.value for v in optimizer_vars],
@@ -158,40 +197,15 @@ class Trainer:
             variable.assign(value)
         for variable, value in zip(optimizer_vars, opt_values):
             variable.assign(value)
+        self.last_predictions = predictions
         return float(loss)
 
     # -------------------------------------------------------------- predict
     def predict_on_batch(self, x):
         """Per-patch scores (numpy float32, shape (N,)) in inference mode."""
-        if self.backend == "torch":
-            import torch
-
-            with torch.no_grad():
-                out = self.model(
-                    ops.convert_to_tensor(x, dtype="float32"), training=False
-                )
-            out = ops.convert_to_numpy(ops.cast(out, "float32"))
-        else:
-            if self._jax_predict_fn is None:
-                import jax
-
-                model = self.model
-
-                def forward(trainable, non_trainable, x):
-                    out, _ = model.stateless_call(
-                        trainable, non_trainable, x, training=False
-                    )
-                    return ops.cast(out, "float32")
-
-                self._jax_predict_fn = jax.jit(forward)
-            out = np.asarray(
-                self._jax_predict_fn(
-                    [v.value for v in self.model.trainable_variables],
-                    [v.value for v in self.model.non_trainable_variables],
-                    np.asarray(x, dtype=np.float32),
-                )
-            )
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+        if self._predictor is None:
+            self._predictor = Predictor(self.model)
+        return self._predictor(x)
 
     def predict(self, source):
         """Per-image mean score over the source's patches (numpy float64)."""
@@ -273,13 +287,21 @@ class Trainer:
             callback_list.on_epoch_begin(epoch)
             total, count = 0.0, 0
             rates = self.group_learning_rates()
+            train_pred, train_true = [], []
             for step, (x, y) in enumerate(train.train_batches(epoch)):
                 callback_list.on_train_batch_begin(step)
                 loss = self.train_step(x, y)
                 total += loss
                 count += 1
-                callback_list.on_train_batch_end(step, {"loss": loss})
+                train_pred.append(np.asarray(ops.convert_to_numpy(
+                    ops.cast(self.last_predictions, "float32"))).reshape(-1))
+                train_true.append(np.asarray(y, dtype=np.float32).reshape(-1))
+                callback_list.on_train_batch_end(
+                    step, {"loss": loss, "size": int(np.shape(y)[0])})
             logs = {"loss": total / count if count else math.nan}
+            # Patch-level SRCC over the epoch's training predictions, as the
+            # original solver reports it (the weights change during the epoch).
+            logs["train_srcc"] = train_srcc(train_pred, train_true)
             logs.update(rates)
             for prefix, source in (("val_", val), ("test_", test)):
                 if source is not None:
@@ -291,6 +313,18 @@ class Trainer:
                 break
         callback_list.on_train_end(logs)
         return self.history
+
+
+def train_srcc(predictions, labels):
+    """Spearman correlation of concatenated per-patch predictions and labels."""
+    if not predictions:
+        return math.nan
+    from scipy import stats
+
+    p, t = np.concatenate(predictions), np.concatenate(labels)
+    if len(p) < 2 or np.all(p == p[0]) or np.all(t == t[0]):
+        return math.nan
+    return float(stats.spearmanr(p, t)[0])
 
 
 class HistoryCSVLogger(keras.callbacks.Callback):

@@ -1,0 +1,301 @@
+"""The ``keras-hyperiqa`` command line.
+
+Only click and the standard library are imported at module level: keras (and
+keras-hub, which imports TensorFlow) load inside the commands, so ``--help``
+answers at once. Exit statuses: 0 success, 2 usage or input error (one line,
+no traceback), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from keras_hyperiqa.errors import UserError
+
+BACKENDS = ("torch", "jax")
+DATASETS = ("live", "csiq", "tid2013", "livec", "koniq", "bid", "kadid", "spaq", "csv")
+BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                    "resnet_tiny", "swin_tiny", "swin_small", "swin_base")
+FIXES = ("filter", "backbone-decay", "optimizer-reset")
+
+
+class InputError(click.ClickException):
+    """A user mistake: printed as one ``Error: ...`` line, exit status 2."""
+
+    exit_code = 2
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            raise InputError(str(err)) from None
+
+
+def _use_backend(backend):
+    """Select the Keras backend for this process (before keras is imported)."""
+    if backend is None:
+        return
+    current = os.environ.get("KERAS_BACKEND")
+    if "keras" in sys.modules and current != backend:
+        raise UserError(f"--backend {backend}: keras is already running on {current}")
+    os.environ["KERAS_BACKEND"] = backend
+
+
+def _parse_hw(value, option):
+    if value is None or value == "preset":
+        return "preset"
+    if value.lower() == "none":
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{option} {value!r}: expected HxW (e.g. 512x384), 'none' or 'preset'") from None
+    return (h, w)
+
+
+backend_option = click.option(
+    "--backend", type=click.Choice(BACKENDS), default=None,
+    help="Keras backend (default: $KERAS_BACKEND, else torch).")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="keras-hyperiqa")
+def cli():
+    """HyperIQA blind image quality assessment on Keras 3 (torch or jax).
+
+    \b
+    keras-hyperiqa fit                       train on the embedded demo set
+    keras-hyperiqa fit --dataset koniq --root DIR
+    keras-hyperiqa predict model.keras photo.jpg photos/
+    keras-hyperiqa evaluate model.keras --dataset livec --root DIR
+    keras-hyperiqa convert koniq_pretrained.pkl koniq.keras
+    keras-hyperiqa ablate --dataset koniq --root DIR
+    """
+
+
+def _fit_options(f):
+    options = [
+        click.option("--dataset", type=click.Choice(DATASETS), default=None,
+                     help="Dataset reader. Without it: the embedded demo set with the quick profile."),
+        click.option("--root", type=click.Path(file_okay=False), default=None,
+                     help="Dataset folder, as downloaded."),
+        click.option("--label-column", default=None, help="Label column to read (KonIQ: MOS_zscore by default)."),
+        click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default=None,
+                     help="Backbone [resnet50; demo: resnet_tiny]."),
+        click.option("--backbone-weights", default=None, metavar="PATH|PRESET|none",
+                     help="ImageNet weights: a timm/torchvision state dict, a timm folder, a keras-hub "
+                          "preset name (online), or none [none]."),
+        click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
+                     help="Start from this .keras model (fine-tune a converted or earlier model)."),
+        click.option("--multiscale", is_flag=True, help="Swin: feed all four stages to the head."),
+        click.option("--epochs", type=int, default=None, help="Epochs [16; demo 6]."),
+        click.option("--batch-size", type=int, default=None, help="Patches per batch [96; demo 32]."),
+        click.option("--lr", type=float, default=None, help="Backbone learning rate [2e-5; demo 5e-4]."),
+        click.option("--lr-ratio", type=float, default=None, help="Hypernet lr / backbone lr [10; demo 4]."),
+        click.option("--weight-decay", type=float, default=None, help="Coupled L2, as torch Adam [5e-4]."),
+        click.option("--train-patches", type=int, default=None, help="Random crops per image per epoch [25; demo 2]."),
+        click.option("--test-patches", type=int, default=None, help="Test crops per image [25; demo 4]."),
+        click.option("--test-crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True,
+                     help="Test crops: deterministic k x k grid, or random as in the original."),
+        click.option("--resize", default=None, metavar="HxW|none|preset",
+                     help="Resize before cropping [the dataset's preset: KonIQ 512x384, BID 512x512]."),
+        click.option("--rounds", type=int, default=1, show_default=True,
+                     help="Seeded train/test rounds; the median is reported (the paper used 10)."),
+        click.option("--val-fraction", type=float, default=None,
+                     help="Part of the training images held out for epoch selection [0.1; demo 0]."),
+        click.option("--split", type=click.Choice(["random", "official"]), default="random", show_default=True,
+                     help="KonIQ: 'official' uses koniq10k_distributions_sets.csv."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Fixes init, splits, crop positions and shuffling."),
+        click.option("--skip-invalid", is_flag=True,
+                     help="Drop invalid dataset items (listed in dropped.txt) instead of stopping."),
+        click.option("--workers", type=int, default=None, help="Image decoding threads [CPU count]."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                     help="bf16: mixed_bfloat16 (GPU runs)."),
+        backend_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _fit_config(kw, out):
+    from keras_hyperiqa.experiment import QUICK_PROFILE, FitConfig
+
+    demo = kw["dataset"] is None
+    if demo and kw["root"]:
+        raise UserError("--root needs --dataset NAME (the demo needs no root)")
+    base = dict(QUICK_PROFILE) if demo else {}
+    explicit = {k: kw[k] for k in ("backbone", "backbone_weights", "epochs", "batch_size", "lr",
+                                   "lr_ratio", "weight_decay", "train_patches", "test_patches",
+                                   "val_fraction") if kw.get(k) is not None}
+    options = {**base, **explicit}
+    return FitConfig(
+        dataset=kw["dataset"], root=kw["root"], label_column=kw["label_column"],
+        init=kw["init"], multiscale=kw["multiscale"], resize=_parse_hw(kw["resize"], "--resize"),
+        rounds=kw["rounds"], seed=kw["seed"], split=kw["split"], test_crops=kw["test_crops"],
+        revert_fix=list(kw.get("revert_fix") or ()), skip_invalid=kw["skip_invalid"],
+        workers=kw["workers"], precision=kw["precision"], out=out, **options,
+    )
+
+
+@cli.command()
+@_fit_options
+@click.option("--revert-fix", type=click.Choice(FIXES), multiple=True,
+              help="Revert one of the three solver fixes (repeatable), for ablations.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory [runs/demo or runs/<dataset>-<backbone>].")
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="Resume the run in this directory (its own options are used).")
+def fit(**kw):
+    """Train HyperIQA and write a run directory.
+
+    Without --dataset it trains on the embedded demo set (generated on first
+    use) with the quick profile: resnet_tiny from scratch, 6 epochs, batch 32,
+    lr 5e-4, ratio 4, 2 train / 4 test patches, last epoch selected: a few
+    minutes on a 2-core CPU. With --dataset NAME --root DIR the defaults are
+    the original's: resnet50, 16 epochs, batch 96, lr 2e-5, ratio 10, weight
+    decay 5e-4, 25 train and 25 test patches of 224.
+
+    The run directory holds config.json, splits.json, metrics.csv,
+    model.keras (selected epoch), summary.json (srcc, plcc), curves.png,
+    scatter.png and resumable checkpoints (rounds/rN/last.npz).
+    """
+    _use_backend(kw.pop("backend"))
+    from keras_hyperiqa import experiment
+
+    resume = kw.pop("resume")
+    if resume:
+        experiment.fit(resume=resume)
+        return
+    out = kw.pop("out") or (f"runs/{kw['dataset']}-{kw['backbone'] or 'resnet50'}"
+                            if kw["dataset"] else "runs/demo")
+    config = _fit_config(kw, out)
+    experiment.fit(config)
+
+
+@cli.command()
+@_fit_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Parent folder of the five runs [runs/ablate-<dataset>].")
+def ablate(**kw):
+    """Train with all fixes, each fix reverted alone, and all reverted.
+
+    The same data, splits and seed for the five runs; writes ablation.md (a
+    side-by-side table), ablation.json and ablation.png (test SRCC per epoch).
+    Interrupted? Run the same command again: finished runs are kept and the
+    interrupted one resumes.
+    """
+    _use_backend(kw.pop("backend"))
+    from keras_hyperiqa import ablation
+
+    out = kw.pop("out") or f"runs/ablate-{kw['dataset'] or 'demo'}"
+    config = _fit_config(dict(kw, revert_fix=()), out)
+    ablation.run(config, out)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--patches", type=int, default=25, show_default=True, help="Crops per image.")
+@click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
+@click.option("--resize", default="model", metavar="HxW|none|model",
+              help="Resize before cropping [the model's own preprocessing].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random crops.")
+@click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text", show_default=True)
+@click.option("--batch-size", type=int, default=25, show_default=True)
+@backend_option
+def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend):
+    """Score images: files, folders or glob patterns.
+
+    One score per image, deterministic by default (a grid of crops, the
+    model's own resize). Unreadable inputs are reported on stderr while the
+    rest are scored; the exit status is 2 when any input could not be scored.
+    """
+    _use_backend(backend)
+    from keras_hyperiqa import inference
+
+    resize_opt = "model" if resize == "model" else _parse_hw(resize, "--resize")
+    files, problems = inference.expand_paths(paths)
+    scorer = inference.Scorer.from_file(model, patches=patches, crops=crops, resize=resize_opt,
+                                        seed=seed, batch_size=batch_size)
+    results = []
+    for path in files:
+        try:
+            results.append((path, scorer.score(path)))
+        except UserError as err:
+            problems.append(str(err))
+    click.echo(inference.format_scores(results, fmt), nl=False)
+    for line in problems:
+        click.echo(f"Error: {line}", err=True)
+    if problems:
+        sys.exit(2)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--dataset", type=click.Choice(DATASETS), required=True)
+@click.option("--root", type=click.Path(file_okay=False), required=True)
+@click.option("--label-column", default=None)
+@click.option("--splits", "splits_path", type=click.Path(dir_okay=False), default=None,
+              help="A run's splits.json: score only its test images (round --round).")
+@click.option("--round", "round_index", type=int, default=0, show_default=True)
+@click.option("--patches", type=int, default=25, show_default=True)
+@click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
+@click.option("--resize", default="model", metavar="HxW|none|model")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--skip-invalid", is_flag=True, help="Drop invalid dataset items instead of stopping.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default="predictions.csv",
+              show_default=True, help="Per-image scores: image, label, prediction.")
+@backend_option
+def evaluate(model, dataset, root, label_column, splits_path, round_index, patches, crops, resize,
+             seed, skip_invalid, csv_path, backend):
+    """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV."""
+    _use_backend(backend)
+    from keras_hyperiqa import inference
+
+    resize_opt = "model" if resize == "model" else _parse_hw(resize, "--resize")
+    metrics = inference.evaluate_dataset(
+        model, dataset, root, label_column=label_column, splits_path=splits_path,
+        round_index=round_index, patches=patches, crops=crops, resize=resize_opt, seed=seed,
+        skip_invalid=skip_invalid, csv_path=csv_path)
+    click.echo(" ".join(f"{k.upper()} {v:.4f}" for k, v in metrics.items() if k != "images")
+               + f"  ({metrics['images']} images; per-image scores in {csv_path})")
+
+
+@cli.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--resize", default="512x384", show_default=True, metavar="HxW|none",
+              help="Preprocessing stored in the model (the released checkpoint was trained on KonIQ at 512x384).")
+@backend_option
+def convert(src, dst, resize, backend):
+    """Convert an original HyperIQA checkpoint (koniq_pretrained.pkl) to .keras."""
+    _use_backend(backend)
+    from keras_hyperiqa.convert.original import convert_original_checkpoint
+
+    size = _parse_hw(resize, "--resize")
+    convert_original_checkpoint(src, dst, resize=None if size == "preset" else size)
+    click.echo(f"wrote {dst}")
+
+
+def main(argv=None):
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="keras-hyperiqa", standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,554 @@
+"""Training runs end to end: dataset, splits, rounds, the run directory, resume.
+
+``fit(FitConfig(...))`` is what ``keras-hyperiqa fit`` runs. The run directory::
+
+    config.json        every resolved option, package versions, backend
+    splits.json        the partition of every round (reload with --resume)
+    metrics.csv        one row per (round, epoch)
+    dropped.txt        items dropped by --skip-invalid (only then)
+    rounds/rN/         last.npz (resumable checkpoint), selected.weights.h5,
+                       history.csv, test_predictions.csv, model.keras, done.json
+    model.keras        the selected epoch's model (round 0)
+    summary.json       srcc / plcc: test metrics at the selected epoch
+                       (medians over rounds), per-round numbers, and the
+                       optimistic best-test-epoch numbers, labelled as such
+    curves.png, scatter.png
+
+Every file is written atomically (temporary name, then rename); a killed run
+resumes from its last completed epoch with ``fit(resume=DIR)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keras_hyperiqa.errors import UserError
+
+FIX_NAMES = ("filter", "backbone-decay", "optimizer-reset")
+
+# The demo's quick profile: a small ResNet trained from scratch on the
+# embedded demo set, sized to finish in a few minutes on a 2-core CPU.
+QUICK_PROFILE = dict(
+    backbone="resnet_tiny", backbone_weights="none", epochs=6, batch_size=32,
+    lr=5e-4, lr_ratio=4.0, train_patches=2, test_patches=4, val_fraction=0.0,
+)
+
+
+@dataclass
+class FitConfig:
+    """Every option of a training run (the CLI's ``fit`` options)."""
+
+    dataset: str | None = None  # None: the embedded demo set
+    root: str | None = None
+    label_column: str | None = None
+    backbone: str = "resnet50"
+    backbone_weights: str | None = None  # path, preset name or "none"
+    init: str | None = None  # a .keras model to fine-tune
+    multiscale: bool = False
+    epochs: int = 16
+    batch_size: int = 96
+    lr: float = 2e-5
+    lr_ratio: float = 10.0
+    weight_decay: float = 5e-4
+    train_patches: int = 25
+    test_patches: int = 25
+    patch_size: int = 224
+    resize: tuple | None | str = "preset"  # (H, W), None, or "preset"
+    rounds: int = 1
+    seed: int = 0
+    train_fraction: float = 0.8
+    val_fraction: float = 0.1
+    split: str = "random"  # or "official" (KonIQ)
+    test_crops: str = "grid"
+    revert_fix: list = field(default_factory=list)
+    skip_invalid: bool = False
+    workers: int | None = None
+    cache_mb: int = 2048
+    precision: str = "fp32"
+    out: str = "runs/hyperiqa"
+    verbose: int = 1
+
+    def to_json(self):
+        d = dataclasses.asdict(self)
+        d["revert_fix"] = list(self.revert_fix)
+        return d
+
+    @classmethod
+    def from_json(cls, d):
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if isinstance(d.get("resize"), list):
+            d["resize"] = tuple(d["resize"])
+        return cls(**d)
+
+
+def quick_profile(**overrides):
+    """The demo's quick profile as a ``FitConfig`` (``overrides`` win)."""
+    return FitConfig(**{**QUICK_PROFILE, **overrides})
+
+
+# --------------------------------------------------------------------- files
+def write_atomic(path, data, mode="w"):
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj):
+    write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def write_csv(path, rows, columns=None):
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
+
+
+def versions():
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("keras-hyperiqa", "keras", "keras-hub", "torch", "jax", "numpy", "scipy", "pillow"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ---------------------------------------------------------------------- data
+def load_dataset(config, report_dir=None):
+    """Read, validate and (with ``skip_invalid``) clean the dataset of a config."""
+    from keras_hyperiqa.data.demo import demo_root
+    from keras_hyperiqa.data.readers import read_dataset
+    from keras_hyperiqa.data.validate import validated
+
+    if config.dataset is None:
+        name, root = "csv", demo_root(seed=0)
+    else:
+        if config.root is None:
+            raise UserError(f"--root is required with --dataset {config.dataset}")
+        name, root = config.dataset, config.root
+    info = read_dataset(name, root, label_column=config.label_column)
+    report = None if report_dir is None else Path(report_dir) / "dropped.txt"
+    return validated(info, skip_invalid=config.skip_invalid, report_path=report)
+
+
+def resolved_resize(config, info):
+    """(resize, short_side) for the config: the dataset preset unless overridden."""
+    if config.resize == "preset":
+        return info.resize, info.short_side
+    return (None if config.resize is None else tuple(config.resize)), None
+
+
+def make_round_splits(config, info):
+    from keras_hyperiqa.data.splits import make_splits, official_split
+
+    if config.split == "official":
+        if not info.official_split:
+            raise UserError(f"{info.name}: no official split found under {info.root}")
+        return [official_split(info)]
+    group = info.name in ("live", "csiq", "tid2013", "kadid") or info.name == "csv"
+    return make_splits(info.records, rounds=config.rounds, seed=config.seed,
+                       train_fraction=config.train_fraction,
+                       val_fraction=config.val_fraction, group_by_ref=group)
+
+
+def patch_sources(config, info, split, resize, short_side):
+    from keras_hyperiqa.data.pipeline import PatchDataset
+
+    records = info.records
+    common = dict(patch_size=config.patch_size, resize=resize, short_side=short_side,
+                  workers=config.workers)
+    cache = int(config.cache_mb) * (1 << 20)
+    train = PatchDataset([records[i] for i in split.train], train=True,
+                         patches_per_image=config.train_patches, seed=config.seed + 1000 * split.round,
+                         batch_size=config.batch_size, cache_bytes=cache // 2, **common)
+
+    def eval_source(idx, stream):
+        if not len(idx):
+            return None
+        return PatchDataset([records[i] for i in idx], train=False, crops=config.test_crops,
+                            patches_per_image=config.test_patches,
+                            seed=config.seed + 1000 * split.round + stream,
+                            batch_size=config.batch_size, cache_bytes=cache // 4, **common)
+
+    return train, eval_source(split.val, 1), eval_source(split.test, 2)
+
+
+# --------------------------------------------------------------------- model
+def build_model(config, resize, short_side):
+    import keras
+
+    from keras_hyperiqa.model.hyperiqa import HyperIQA
+
+    if config.init:
+        model = load_model_file(config.init)
+        # Fine-tuning keeps the architecture but adopts this run's preprocessing.
+        model.resize, model.short_side = resize, short_side
+        return model
+    model = HyperIQA(backbone=config.backbone, multiscale=config.multiscale,
+                     patch_size=config.patch_size, resize=resize, short_side=short_side)
+    model.build((None, config.patch_size, config.patch_size, 3))
+    weights = config.backbone_weights
+    if weights and weights.lower() != "none":
+        from keras_hyperiqa.convert.backbone import load_backbone_weights
+
+        load_backbone_weights(model, weights)
+    del keras
+    return model
+
+
+def load_model_file(path):
+    """Load a ``.keras`` HyperIQA file with a one-line error for a bad file."""
+    import zipfile
+
+    import keras
+
+    import keras_hyperiqa.model.hyperiqa  # noqa: F401  (registers the classes)
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such model file")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, zipfile.BadZipFile, KeyError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a readable .keras model ({reason})") from None
+    if not hasattr(model, "hypernet_variables"):
+        raise UserError(f"{path}: not a HyperIQA model ({type(model).__name__})")
+    return model
+
+
+# ---------------------------------------------------------------- callbacks
+def _callbacks_module():
+    import keras
+    import numpy as np
+
+    class SelectEpoch(keras.callbacks.Callback):
+        """Keeps the weights of the epoch selected on validation SRCC.
+
+        Without a validation split the last epoch is selected (never the test
+        split: that is the optimistic protocol, reported separately).
+        """
+
+        def __init__(self, trainer, path):
+            super().__init__()
+            self.trainer, self.path = trainer, Path(path)
+
+        def on_epoch_end(self, epoch, logs=None):
+            history = self.trainer.history
+            key = "val_srcc" if any("val_srcc" in r for r in history) else None
+            if key is None:
+                best = len(history) - 1
+            else:
+                values = [r.get(key, -math.inf) for r in history]
+                values = [-math.inf if (v is None or v != v) else v for v in values]
+                best = int(np.argmax(values))
+            if best == len(history) - 1:
+                tmp = self.path.with_name(".tmp-" + self.path.name)
+                self.trainer.model.save_weights(tmp)
+                os.replace(tmp, self.path)
+
+    class EpochProgress(keras.callbacks.Callback):
+        """A progress bar with loss and throughput, and a one-line epoch summary."""
+
+        def __init__(self, steps, epochs, round_index, rounds, verbose=1):
+            super().__init__()
+            self.steps, self.epochs = steps, epochs
+            self.round_index, self.rounds, self.verbose = round_index, rounds, verbose
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen, self.start = 0, time.perf_counter()
+            if self.verbose:
+                tag = f" (round {self.round_index + 1}/{self.rounds})" if self.rounds > 1 else ""
+                print(f"Epoch {epoch + 1}/{self.epochs}{tag}", flush=True)
+                self.bar = keras.utils.Progbar(self.steps, stateful_metrics=["patches/s"])
+
+        def on_train_batch_end(self, batch, logs=None):
+            logs = logs or {}
+            self.seen += logs.get("size", 0)
+            if self.verbose:
+                rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
+                self.bar.update(batch + 1, [("loss", logs.get("loss", math.nan)), ("patches/s", rate)])
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            if self.verbose:
+                print(epoch_summary(epoch, logs), flush=True)
+
+    return SelectEpoch, EpochProgress
+
+
+def _fmt(v, spec=".4f"):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def epoch_summary(epoch, logs):
+    """``epoch 3: loss 12.3 | lr backbone 2e-05 hypernet 0.0002 | train SRCC ... | val ... | test ...``"""
+    parts = [f"epoch {epoch + 1}: loss {_fmt(logs.get('loss'), '.4g')}",
+             f"lr backbone {_fmt(logs.get('backbone_lr'), '.3g')} hypernet {_fmt(logs.get('hypernet_lr'), '.3g')}",
+             f"train SRCC {_fmt(logs.get('train_srcc'))}"]
+    for prefix, name in (("val_", "val"), ("test_", "test")):
+        if prefix + "srcc" in logs:
+            parts.append(f"{name} SRCC {_fmt(logs.get(prefix + 'srcc'))} PLCC {_fmt(logs.get(prefix + 'plcc'))}")
+    return " | ".join(parts)
+
+
+# ----------------------------------------------------------------------- fit
+def fit(config: FitConfig | None = None, resume: str | None = None):
+    """Train (or resume) a run; returns the summary dict (also in summary.json)."""
+    if resume is not None:
+        out = Path(resume)
+        if not (out / "config.json").is_file():
+            raise UserError(f"{resume}: not a run directory (no config.json)")
+        try:
+            saved = json.loads((out / "config.json").read_text())
+            config = FitConfig.from_json(saved["options"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{out / 'config.json'}: unreadable run config ({err})") from None
+        config.out = str(out)
+    config = config or FitConfig()
+    _check_config(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import keras
+
+    from keras_hyperiqa.data.splits import load_splits, save_splits
+
+    if config.precision == "bf16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    info = load_dataset(config, report_dir=out)
+    resize, short_side = resolved_resize(config, info)
+    splits_path = out / "splits.json"
+    if resume is not None and splits_path.is_file():
+        splits = load_splits(splits_path, info)
+    else:
+        splits = make_round_splits(config, info)
+        save_splits(splits_path, splits, info)
+    write_json(out / "config.json", {
+        "options": config.to_json(),
+        "resolved": {"dataset": info.name, "root": str(info.root), "images": len(info.records),
+                     "higher_is_better": info.higher_is_better, "resize": resize,
+                     "short_side": short_side, "rounds": len(splits)},
+        "backend": keras.backend.backend(),
+        "versions": versions(),
+    })
+
+    reports = []
+    for split in splits:
+        reports.append(_train_round(config, info, split, len(splits), resize, short_side, out))
+    return _finish(config, out, reports)
+
+
+def _check_config(config):
+    bad = [f for f in config.revert_fix if f not in FIX_NAMES]
+    if bad:
+        raise UserError(f"unknown fix {bad[0]!r} for --revert-fix; choose from {', '.join(FIX_NAMES)}")
+    if config.test_crops == "grid" and round(math.sqrt(config.test_patches)) ** 2 != config.test_patches:
+        raise UserError(f"--test-patches {config.test_patches} must be a square number for grid crops")
+    for name in ("epochs", "batch_size", "train_patches", "test_patches", "rounds"):
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= config.val_fraction < 1:
+        raise UserError("--val-fraction must be in [0, 1)")
+
+
+def _train_round(config, info, split, n_rounds, resize, short_side, out):
+    import keras
+
+    from keras_hyperiqa.convert.original import save_model_atomic
+    from keras_hyperiqa.training import (
+        CheckpointCallback, Fixes, HistoryCSVLogger, HyperAdam, HyperIQASchedule,
+        Trainer, latest_checkpoint, round_report,
+    )
+
+    rdir = out / "rounds" / f"r{split.round}"
+    done = rdir / "done.json"
+    if done.is_file():
+        report = json.loads(done.read_text())
+        if config.verbose:
+            print(f"round {split.round + 1}: already complete, skipped", flush=True)
+        return report
+    rdir.mkdir(parents=True, exist_ok=True)
+    seed = config.seed + split.round
+    keras.utils.set_random_seed(seed)
+    model = build_model(config, resize, short_side)
+    optimizer = HyperAdam(learning_rate=config.lr, weight_decay=config.weight_decay)
+    trainer = Trainer(model, optimizer)
+    fixes = Fixes.from_reverted([f.replace("-", "_") for f in config.revert_fix])
+    schedule = HyperIQASchedule(optimizer, model.backbone_variables, model.hypernet_variables,
+                                lr=config.lr, lr_ratio=config.lr_ratio, fixes=fixes)
+    train, val, test = patch_sources(config, info, split, resize, short_side)
+    initial_epoch = 0
+    last = latest_checkpoint(rdir)
+    if last:
+        initial_epoch = trainer.restore(last)
+        if config.verbose:
+            print(f"round {split.round + 1}: resuming at epoch {initial_epoch + 1}", flush=True)
+    SelectEpoch, EpochProgress = _callbacks_module()
+    selected_path = rdir / "selected.weights.h5"
+    callbacks = [
+        schedule,
+        SelectEpoch(trainer, selected_path),
+        CheckpointCallback(rdir, trainer),
+        HistoryCSVLogger(rdir / "history.csv", trainer),
+        _MetricsTable(out, split.round, trainer),
+        EpochProgress(train.steps_per_epoch, config.epochs, split.round, n_rounds, config.verbose),
+    ]
+    if initial_epoch < config.epochs:
+        trainer.fit(train, config.epochs, val=val, test=test, callbacks=callbacks,
+                    initial_epoch=initial_epoch, verbose=0)
+    select_on = "val_srcc" if val is not None else None
+    report = round_report(trainer.history, select_on=select_on)
+    if select_on is None:
+        last_row = trainer.history[-1]
+        report.update({k: v for k, v in last_row.items() if k.startswith("test_")},
+                      selected_epoch=last_row["epoch"], selected_on="last epoch")
+    report.update(round=split.round, seed=seed)
+    # The selected epoch's model, with its per-image test predictions.
+    model.load_weights(selected_path)
+    save_model_atomic(model, rdir / "model.keras")
+    if test is not None:
+        scores = trainer.predict(test)
+        rows = [{"image": info.relpath(r), "label": r.label, "prediction": float(s)}
+                for r, s in zip((info.records[i] for i in split.test), scores)]
+        write_csv(rdir / "test_predictions.csv", rows, ["image", "label", "prediction"])
+    write_json(done, report)
+    return report
+
+
+class _MetricsTable:
+    """Rewrites metrics.csv (every round's epochs) after each epoch, atomically."""
+
+    def __new__(cls, out, round_index, trainer):
+        import keras
+
+        class MetricsTable(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                path = Path(out) / "metrics.csv"
+                rows = []
+                if path.is_file():
+                    with open(path, newline="") as f:
+                        rows = [r for r in csv.DictReader(f) if int(r["round"]) != round_index]
+                rows += [{"round": round_index, **r} for r in trainer.history]
+                rows.sort(key=lambda r: (int(r["round"]), int(r["epoch"])))
+                write_csv(path, rows)
+
+        return MetricsTable()
+
+
+def _finish(config, out, reports):
+    from keras_hyperiqa.training import summarize_rounds
+
+    summary = summarize_rounds(reports)
+    summary["srcc"] = summary.pop("median_test_srcc")
+    summary["plcc"] = summary.pop("median_test_plcc")
+    summary["optimistic_srcc"] = summary.pop("median_optimistic_test_srcc")
+    summary["optimistic_plcc"] = summary.pop("median_optimistic_test_plcc")
+    summary["selection"] = ("epoch with the best validation SRCC" if config.val_fraction > 0
+                            else "last epoch (no validation split)")
+    summary["optimistic_note"] = ("best test SRCC over epochs, selected on the test split "
+                                  "as in the original code: optimistic")
+    summary["rounds_run"] = len(reports)
+    import shutil
+
+    src = out / "rounds" / f"r{reports[0]['round']}" / "model.keras"
+    tmp = out / ".tmp-model.keras"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, out / "model.keras")
+    write_json(out / "summary.json", summary)
+    plot_run(out)
+    if config.verbose:
+        label = "median over %d rounds" % len(reports) if len(reports) > 1 else "selected epoch"
+        print(f"held-out test SRCC {_fmt(summary['srcc'])}  PLCC {_fmt(summary['plcc'])}  ({label}); "
+              f"run directory: {out}", flush=True)
+    return summary
+
+
+# --------------------------------------------------------------------- plots
+def plot_run(out):
+    """curves.png (loss and SRCC/PLCC per epoch) and scatter.png (test predictions vs labels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    rounds = sorted({int(r["round"]) for r in rows})
+    for rnd in rounds:
+        rr = [r for r in rows if int(r["round"]) == rnd]
+        ep = [int(r["epoch"]) + 1 for r in rr]
+        tag = f" r{rnd}" if len(rounds) > 1 else ""
+        ax1.plot(ep, [_float(r.get("loss")) for r in rr], marker="o", label="train loss" + tag)
+        for key, style in (("train_srcc", ":"), ("val_srcc", "--"), ("test_srcc", "-"), ("test_plcc", "-.")):
+            values = [_float(r.get(key)) for r in rr]
+            if any(not math.isnan(v) for v in values):
+                ax2.plot(ep, values, style, marker=".", label=key.replace("_", " ") + tag)
+    ax1.set(xlabel="epoch", ylabel="L1 loss", title="training loss")
+    ax2.set(xlabel="epoch", ylabel="correlation", title="SRCC / PLCC")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    _save_fig(fig, out / "curves.png")
+    plt.close(fig)
+
+    pred = out / "rounds" / "r0" / "test_predictions.csv"
+    if pred.is_file():
+        with open(pred, newline="") as f:
+            pr = list(csv.DictReader(f))
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.scatter([float(r["label"]) for r in pr], [float(r["prediction"]) for r in pr], s=10, alpha=0.7)
+        ax.set(xlabel="label (MOS)", ylabel="predicted score", title="test split, selected epoch (round 1)")
+        fig.tight_layout()
+        _save_fig(fig, out / "scatter.png")
+        plt.close(fig)
+
+
+def _float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _save_fig(fig, path):
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, dpi=100, format="png")
+    os.replace(tmp, path)

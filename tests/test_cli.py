@@ -1,0 +1,235 @@
+"""The keras-hyperiqa command line: every command, its run directory and error paths."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from keras_hyperiqa.cli import cli
+
+TINY = ["--backbone", "resnet_tiny", "--backbone-weights", "none", "--epochs", "1",
+        "--batch-size", "8", "--train-patches", "1", "--test-patches", "1", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A generic-CSV dataset: 20 noisy images, label = quality, 10 contents."""
+    root = tmp_path_factory.mktemp("tinyset")
+    (root / "img").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(20):
+        base = np.tile(np.linspace(0, 255, 240)[None, :, None], (232, 1, 3))
+        noise = (i % 5) * 12.0
+        img = np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
+        name = f"img/{i:02d}.png"
+        Image.fromarray(img).save(root / name)
+        rows.append((name, 100 - 20 * (i % 5), f"c{i // 2}"))
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label", "ref"])
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = CliRunner().invoke(cli, ["fit", "--dataset", "csv", "--root", str(dataset), "--out", str(out),
+                                      "--val-fraction", "0.2", *TINY], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def _run(args, **kw):
+    return CliRunner().invoke(cli, args, catch_exceptions=False, **kw)
+
+
+def test_fit_writes_every_file_of_the_run_directory(run_dir):
+    out, output = run_dir
+    for name in ("config.json", "splits.json", "metrics.csv", "model.keras", "summary.json",
+                 "curves.png", "scatter.png", "rounds/r0/last.npz", "rounds/r0/test_predictions.csv"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert -1 <= summary["srcc"] <= 1 and -1 <= summary["plcc"] <= 1
+    assert "optimistic_srcc" in summary
+    config = json.loads((out / "config.json").read_text())
+    assert config["backend"] == "torch"
+    assert config["options"]["backbone"] == "resnet_tiny"
+    assert config["versions"]["keras"]
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["round"], r["epoch"]) for r in rows] == [("0", "0")]
+    for key in ("loss", "backbone_lr", "hypernet_lr", "train_srcc", "val_srcc", "test_srcc", "test_plcc"):
+        assert rows[0][key] != "", key
+    assert "epoch 1: loss" in output and "lr backbone 2e-05 hypernet 0.0002" in output
+    assert "held-out test SRCC" in output
+    splits = json.loads((out / "splits.json").read_text())["splits"]
+    assert len(splits) == 1
+    parts = [set(splits[0][k]) for k in ("train", "val", "test")]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+
+
+def test_predict_is_deterministic_and_formats(run_dir, dataset):
+    out, _ = run_dir
+    args = ["predict", str(out / "model.keras"), str(dataset / "img" / "00.png"), str(dataset / "img" / "03.png"),
+            "--patches", "4", "--format", "json"]
+    first, second = _run(args), _run(args)
+    assert first.exit_code == 0, first.output
+    assert first.output == second.output
+    scores = json.loads(first.output)
+    assert [os.path.basename(s["image"]) for s in scores] == ["00.png", "03.png"]
+    assert all(np.isfinite(s["score"]) for s in scores)
+    text = _run(["predict", str(out / "model.keras"), str(dataset / "img"), "--patches", "1"])
+    assert text.exit_code == 0
+    assert len(text.output.strip().splitlines()) == 20
+    csv_out = _run(["predict", str(out / "model.keras"), str(dataset / "img" / "0*.png"), "--format", "csv",
+                    "--patches", "1"])
+    assert csv_out.output.splitlines()[0] == "image,score"
+    assert len(csv_out.output.strip().splitlines()) == 11
+
+
+def test_predict_reports_unreadable_inputs_and_scores_the_rest(run_dir, dataset, tmp_path):
+    out, _ = run_dir
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    result = _run(["predict", str(out / "model.keras"), str(bad), str(dataset / "img" / "01.png"),
+                   str(tmp_path / "missing.png"), "--patches", "1"])
+    assert result.exit_code == 2
+    assert "01.png\t" in result.stdout
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 2
+    assert any("broken.jpg: cannot read image" in e for e in errors)
+    assert any("missing.png: no such file or folder" in e for e in errors)
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_writes_metrics_and_per_image_csv(run_dir, dataset, tmp_path):
+    out, _ = run_dir
+    target = tmp_path / "scores.csv"
+    result = _run(["evaluate", str(out / "model.keras"), "--dataset", "csv", "--root", str(dataset),
+                   "--patches", "1", "--csv", str(target)])
+    assert result.exit_code == 0, result.output
+    for name in ("SRCC", "PLCC", "KRCC", "RMSE"):
+        assert name in result.output
+    with open(target, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20 and set(rows[0]) == {"image", "label", "prediction"}
+    # Only the run's test split.
+    result = _run(["evaluate", str(out / "model.keras"), "--dataset", "csv", "--root", str(dataset),
+                   "--patches", "1", "--csv", str(target), "--splits", str(out / "splits.json")])
+    assert result.exit_code == 0, result.output
+    split = json.loads((out / "splits.json").read_text())
+    with open(target, newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(split["splits"][0]["test"]) < 20
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--dataset", "koniq", "--root", "/nonexistent/koniq"], "/nonexistent/koniq"),
+    (["fit", "--dataset", "koniq"], "--root is required"),
+    (["fit", "--resize", "12"], "--resize '12': expected HxW"),
+    (["fit", "--test-patches", "5"], "must be a square number"),
+    (["fit", "--epochs", "0"], "--epochs must be at least 1"),
+    (["fit", "--resume", "/nonexistent/run"], "not a run directory"),
+    (["convert", "/nonexistent/koniq_pretrained.pkl", "out.keras"], "no such file"),
+    (["evaluate", "/nonexistent/model.keras", "--dataset", "csv", "--root", "/tmp"], "no such model file"),
+])
+def test_input_errors_are_one_line_with_status_2(args, message):
+    result = _run(args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bad_option_values_are_usage_errors():
+    for args in (["fit", "--revert-fix", "bogus"], ["fit", "--backbone", "vgg"], ["predict"]):
+        result = _run(args)
+        assert result.exit_code == 2
+        assert "Traceback" not in result.output
+
+
+def test_bad_model_file(dataset, tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"garbage")
+    result = _run(["predict", str(model), str(dataset / "img" / "00.png")])
+    assert result.exit_code == 2
+    assert f"{model}: not a readable .keras model" in result.output
+
+
+def test_invalid_dataset_stops_before_training_unless_skipped(dataset, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "img").symlink_to(dataset / "img")
+    lines = (dataset / "labels.csv").read_text().splitlines()
+    lines[3] = "img/02.png,abc,c1"
+    lines.append("img/missing.png,50,c99")
+    (broken / "labels.csv").write_text("\n".join(lines) + "\n")
+    result = _run(["fit", "--dataset", "csv", "--root", str(broken), "--out", str(tmp_path / "r1"), *TINY])
+    assert result.exit_code == 2
+    assert "labels.csv row 4: label 'abc' is not a number" in result.output
+    assert "missing.png" in result.output
+    assert not (tmp_path / "r1" / "model.keras").exists()
+    result = _run(["fit", "--dataset", "csv", "--root", str(broken), "--out", str(tmp_path / "r2"),
+                   "--skip-invalid", *TINY])
+    assert result.exit_code == 0, result.output
+    dropped = (tmp_path / "r2" / "dropped.txt").read_text()
+    assert "abc" in dropped and "missing.png" in dropped
+
+
+def test_help_does_not_import_keras():
+    code = ("import sys; from keras_hyperiqa.cli import main\n"
+            "try:\n    main(['fit', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'keras' not in sys.modules and 'torch' not in sys.modules, 'heavy import'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "--revert-fix" in proc.stdout
+
+
+def test_resume_after_a_killed_run_completes_it(dataset, tmp_path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "keras_hyperiqa", "fit", "--dataset", "csv", "--root", str(dataset),
+            "--out", str(out), *TINY]
+    args[args.index("--epochs") + 1] = "3"
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "rounds" / "r0" / "last.npz"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists()
+    assert not (out / "summary.json").exists()
+    result = _run(["fit", "--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "resuming at epoch" in result.output
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert json.loads((out / "summary.json").read_text())["srcc"] is not None
+
+
+def test_ablate_runs_five_variants_side_by_side(dataset, tmp_path):
+    out = tmp_path / "ablate"
+    result = _run(["ablate", "--dataset", "csv", "--root", str(dataset), "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    table = (out / "ablation.md").read_text()
+    for name in ("all-fixes", "revert-filter", "revert-backbone-decay", "revert-optimizer-reset", "original"):
+        assert f"| {name} |" in table
+        assert (out / name / "summary.json").is_file()
+    assert (out / "ablation.png").is_file()
+    data = json.loads((out / "ablation.json").read_text())
+    assert data[-1]["reverted"] == ["filter", "backbone-decay", "optimizer-reset"]
+    # Same splits for every variant.
+    splits = {(out / v / "splits.json").read_text() for v in
+              ("all-fixes", "revert-filter", "revert-backbone-decay", "revert-optimizer-reset", "original")}
+    assert len(splits) == 1
