@@ -51,12 +51,14 @@ def load_backbone_weights(model, source, backbone_name=None):
             return backbone
         return _copy_from_preset(backbone, source)
     if os.path.isfile(source):
-        tensors = read_state_dict(source)
         if is_swin(name):
             from keras_hyperiqa.convert.timm_swin import load_timm_swin_weights
 
-            load_timm_swin_weights(backbone, tensors, source=source)
+            # Reads the file itself (.pth/.pt/.bin/.safetensors) and names
+            # ``source`` in its errors.
+            load_timm_swin_weights(backbone, source)
             return backbone
+        tensors = read_state_dict(source)
         port_resnet(backbone, WeightTable(tensors, source=source), name)
         return backbone
     if os.sep in source or source.endswith((".pth", ".pt", ".bin", ".safetensors")):

@@ -72,7 +72,7 @@ def build_backbone(name, image_size=224):
     if is_swin(name):
         from keras_hyperiqa.model import swin
 
-        backbone = swin.build_swin_backbone(name)
+        backbone = swin.build_swin_backbone(name, image_size=image_size)
         return backbone, swin.swin_feature_model(backbone)
 
     from keras_hub.models import ResNetBackbone

@@ -228,9 +228,12 @@ def swin_feature_model(backbone, name="swin_features"):
     into the backbone updates this model, and training this model trains
     the backbone). The backbone's final ``norm`` is not part of it.
 
-    The wrapper layers reference the backbone's layers, so save this model
-    (or a model containing it) with ``save_weights``/``load_weights`` on a
-    freshly built one, not with ``model.save``/``keras.saving.load_model``.
+    The wrapper layers reference the backbone's layers and are not
+    registered for serialization, so this model cannot be rebuilt from its
+    own config: don't ``model.save`` it on its own. ``HyperIQA`` saves fine
+    (it rebuilds backbone and feature model from its config, and the
+    ``.keras`` weights file holds each backbone variable once, under
+    ``backbone``; see ``tests/test_swin_model.py``).
     """
     import keras
 
