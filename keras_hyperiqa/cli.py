@@ -95,13 +95,15 @@ def _fit_options(f):
         click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
                      help="Start from this .keras model (fine-tune a converted or earlier model)."),
         click.option("--multiscale", is_flag=True, help="Swin: feed all four stages to the head."),
-        click.option("--epochs", type=int, default=None, help="Epochs [16; demo 6]."),
+        click.option("--epochs", type=int, default=None, help="Epochs [16; demo 5]."),
         click.option("--batch-size", type=int, default=None, help="Patches per batch [96; demo 32]."),
         click.option("--lr", type=float, default=None, help="Backbone learning rate [2e-5; demo 5e-4]."),
         click.option("--lr-ratio", type=float, default=None, help="Hypernet lr / backbone lr [10; demo 4]."),
+        click.option("--decay-every", type=int, default=None,
+                     help="Divide the lr by 10 every N epochs (timed as the original) [6; demo 3]."),
         click.option("--weight-decay", type=float, default=None, help="Coupled L2, as torch Adam [5e-4]."),
         click.option("--train-patches", type=int, default=None, help="Random crops per image per epoch [25; demo 2]."),
-        click.option("--test-patches", type=int, default=None, help="Test crops per image [25; demo 4]."),
+        click.option("--test-patches", type=int, default=None, help="Test crops per image [25; demo 1]."),
         click.option("--test-crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True,
                      help="Test crops: deterministic k x k grid, or random as in the original."),
         click.option("--resize", default=None, metavar="HxW|none|preset",
@@ -134,7 +136,7 @@ def _fit_config(kw, out):
         raise UserError("--root needs --dataset NAME (the demo needs no root)")
     base = dict(QUICK_PROFILE) if demo else {}
     explicit = {k: kw[k] for k in ("backbone", "backbone_weights", "epochs", "batch_size", "lr",
-                                   "lr_ratio", "weight_decay", "train_patches", "test_patches",
+                                   "lr_ratio", "decay_every", "weight_decay", "train_patches", "test_patches",
                                    "val_fraction") if kw.get(k) is not None}
     options = {**base, **explicit}
     return FitConfig(
@@ -158,9 +160,11 @@ def fit(**kw):
     """Train HyperIQA and write a run directory.
 
     Without --dataset it trains on the embedded demo set (generated on first
-    use) with the quick profile: resnet_tiny from scratch, 6 epochs, batch 32,
-    lr 5e-4, ratio 4, 2 train / 4 test patches, last epoch selected: a few
-    minutes on a 2-core CPU. With --dataset NAME --root DIR the defaults are
+    use) with the quick profile: resnet_tiny from scratch (no ImageNet
+    weights offline), 5 epochs, batch 32, lr 5e-4, ratio 4, lr / 10 for the
+    last epoch (--decay-every 3), 2 train patches and 1 test patch per image,
+    no validation split (last epoch selected): about 4 minutes on a 2-core
+    CPU, held-out test SRCC about 0.77. With --dataset NAME --root DIR the defaults are
     the original's: resnet50, 16 epochs, batch 96, lr 2e-5, ratio 10, weight
     decay 5e-4, 25 train and 25 test patches of 224.
 

@@ -61,8 +61,26 @@ def is_swin(name):
     return name in SWIN_NAMES
 
 
+def compute_data_format(name):
+    """The layout a backbone computes in on this Keras backend.
+
+    Keras's torch convolutions and batch norms transpose channels-last
+    tensors to channels-first and back around every layer; a ResNet built
+    channels-first on torch skips that (the input and the four stage outputs
+    are transposed once instead). Kernel shapes are the same in both layouts,
+    so weights, conversion and ``.keras`` files do not depend on it. Swin and
+    the jax backend (XLA picks its own layouts) stay channels-last.
+    """
+    if keras.backend.backend() == "torch" and not is_swin(name):
+        return "channels_first"
+    return "channels_last"
+
+
 def build_backbone(name, image_size=224):
     """Return ``(backbone, features)`` for a backbone name.
+
+    The feature model takes and returns the layout of
+    :func:`compute_data_format` (``HyperIQA`` transposes at its edges).
 
     ``backbone`` is the keras-hub model (randomly initialised); ``features`` a
     ``keras.Model`` over the same layers returning the four stage outputs,
@@ -77,9 +95,10 @@ def build_backbone(name, image_size=224):
 
     from keras_hub.models import ResNetBackbone
 
+    data_format = compute_data_format(name)
+    shape = (image_size, image_size, 3) if data_format == "channels_last" else (3, image_size, image_size)
     backbone = ResNetBackbone(
-        **resnet_config(name), image_shape=(image_size, image_size, 3),
-        data_format="channels_last", name="backbone",
+        **resnet_config(name), image_shape=shape, data_format=data_format, name="backbone",
     )
     features = keras.Model(
         backbone.inputs,

@@ -77,6 +77,8 @@ class HyperIQA(keras.Model):
         self.backbone, self.backbone_features = build_backbone(backbone, self.patch_size)
         self.frozen_backbone_layers = _freeze_unused(self.backbone, self.backbone_features)
         shapes = [tuple(t.shape[1:]) for t in self.backbone_features.outputs]
+        if self.backbone.data_format == "channels_first":
+            shapes = [(h, w, c) for c, h, w in shapes]
         self.feature_size = shapes[-1][0]
         lda_units = [self.lda_out] * 3 + [self.target_dims[0] - 3 * self.lda_out]
         reduce = [self.lda_out, 2 * self.lda_out, 4 * self.lda_out, None]
@@ -120,8 +122,13 @@ class HyperIQA(keras.Model):
         return (x - ops.array(self._mean, dtype=x.dtype)) / ops.array(self._std, dtype=x.dtype)
 
     def stage_features(self, x, training=False):
-        """The four stage outputs for [0, 255] input patches."""
-        return self.backbone_features(self.normalize(x), training=training)
+        """The four stage outputs (channels-last) for [0, 255] input patches."""
+        x = self.normalize(x)
+        if self.backbone.data_format == "channels_first":
+            x = ops.transpose(x, (0, 3, 1, 2))
+            stages = self.backbone_features(x, training=training)
+            return [ops.transpose(f, (0, 2, 3, 1)) for f in stages]
+        return self.backbone_features(x, training=training)
 
     def call(self, x, training=False):
         stages = self.stage_features(x, training=training)
