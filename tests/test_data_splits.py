@@ -106,3 +106,13 @@ def test_bad_fractions():
         make_splits(info.records, train_fraction=1.0)
     with pytest.raises(UserError, match="need at least 2"):
         make_splits(_grouped(n_refs=1).records)
+
+
+def test_validation_is_carved_from_train_and_leaves_test_unchanged():
+    """With or without a validation part, the test split is the same (comparable to the original)."""
+    info = _grouped()
+    with_val = make_splits(info.records, rounds=3, seed=5, val_fraction=0.1)
+    without = make_splits(info.records, rounds=3, seed=5, val_fraction=0)
+    for a, b in zip(with_val, without):
+        assert a.test == b.test and a.val
+        assert sorted(a.train + a.val) == b.train

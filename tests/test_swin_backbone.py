@@ -281,5 +281,5 @@ def test_unreadable_path(tmp_path, loaded_backbone):
         load_timm_swin_weights(loaded_backbone, tmp_path / "nope.pth")
     bad = tmp_path / "bad.pth"
     bad.write_text("not a checkpoint")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="bad.pth: not a readable torch checkpoint"):
         load_timm_swin_weights(loaded_backbone, bad)

@@ -13,7 +13,6 @@ from keras_hyperiqa.training.metrics import (
 from keras_hyperiqa.training.run import (
     round_report,
     run_rounds,
-    split_indices,
     summarize_rounds,
 )
 
@@ -67,19 +66,6 @@ def test_trainer_evaluate_aggregates_patches_per_image():
                          for i in range(6)])
     np.testing.assert_allclose(trainer.predict(source), expected, rtol=1e-6)
     assert trainer.evaluate(source) == pytest.approx(iqa_metrics(expected, y))
-
-
-def test_split_indices_seeded_and_val_carved_from_train():
-    tr, va, te = split_indices(30, seed=1)
-    assert len(tr) + len(va) == 24 and len(te) == 6 and len(va) == 2
-    assert set(tr) | set(va) | set(te) == set(range(30))
-    assert not (set(tr) & set(va) or set(tr) & set(te) or set(va) & set(te))
-    tr2, va2, te2 = split_indices(30, seed=1)
-    assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
-    # Same test split with or without validation: comparable to the original.
-    _, none, te3 = split_indices(30, seed=1, val_fraction=0)
-    assert len(none) == 0 and np.array_equal(te, te3)
-    assert not np.array_equal(te, split_indices(30, seed=2)[2])
 
 
 def _history(val, test):

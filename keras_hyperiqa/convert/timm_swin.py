@@ -36,6 +36,7 @@ import re
 
 import numpy as np
 
+from keras_hyperiqa.convert.state_dict import read_state_dict as read_weight_file
 from keras_hyperiqa.errors import UserError
 
 _IGNORED_PATTERNS = (
@@ -64,16 +65,8 @@ def _to_numpy(value):
 
 
 def _read_file(path):
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    import torch
-
-    try:
-        return torch.load(str(path), weights_only=True, map_location="cpu")
-    except Exception as err:  # pickle errors, zip errors, ...
-        raise UserError(f"{path}: cannot read as a torch checkpoint ({err})")
+    """A weight file (torch or safetensors), read by the project's one reader."""
+    return read_weight_file(path)
 
 
 def _read_folder(path):

@@ -21,7 +21,7 @@ Typical wiring (what the CLI does)::
 ``ckpt_dir/last.npz`` is the latest completed epoch (model variables, every
 optimizer variable, loop position and history, written atomically). Rounds:
 :func:`run_rounds` with a ``train_round(round, seed)`` that does the above on
-:func:`split_indices` ``(n, seed)`` and returns the history; it reports test
+``keras_hyperiqa.data.splits.make_splits`` and returns the history; it reports test
 metrics at the epoch selected on ``val_srcc`` plus the optimistic best-test
 epoch, per round and as medians.
 """
@@ -42,7 +42,6 @@ from keras_hyperiqa.training.optimizer import HyperAdam
 from keras_hyperiqa.training.run import (
     round_report,
     run_rounds,
-    split_indices,
     summarize_rounds,
 )
 from keras_hyperiqa.training.schedule import Fixes, HyperIQASchedule, epoch_rates
@@ -66,6 +65,5 @@ __all__ = [
     "round_report",
     "run_rounds",
     "save_checkpoint",
-    "split_indices",
     "summarize_rounds",
 ]

@@ -12,32 +12,6 @@ import math
 import numpy as np
 
 
-def split_indices(n, seed, train_fraction=0.8, val_fraction=0.1):
-    """Seeded ``(train, val, test)`` index arrays over a pool of ``n`` units.
-
-    Like the original: shuffle the pool, the first ``round(train_fraction *
-    n)`` units are for training and the rest is the test split. The
-    validation split is then carved from the *training* units (the last
-    ``round(val_fraction * n_train)`` of them, at least one when
-    ``val_fraction > 0``), so the test split is the same with or without
-    validation. Units are images, or reference contents for LIVE/CSIQ/TID2013
-    (split by content).
-    """
-    if not 0 < train_fraction < 1:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    order = np.random.default_rng(seed).permutation(n)
-    n_train = int(round(train_fraction * n))
-    train, test = order[:n_train], order[n_train:]
-    n_val = 0
-    if val_fraction:
-        n_val = max(1, int(round(val_fraction * n_train)))
-        if n_val >= n_train:
-            raise ValueError("validation split would take every training unit")
-    val = train[n_train - n_val:]
-    train = train[:n_train - n_val]
-    return np.sort(train), np.sort(val), np.sort(test)
-
-
 def _best(history, key):
     best_i, best_v = None, -math.inf
     for i, row in enumerate(history):
@@ -93,7 +67,7 @@ def run_rounds(train_round, rounds=10, seed=0, select_on="val_srcc"):
 
     Args:
         train_round: ``train_round(round_index, round_seed) -> history``; it
-            builds the split (e.g. :func:`split_indices` with ``round_seed``),
+            builds the split (e.g. ``keras_hyperiqa.data.splits.make_splits`` with ``round_seed``),
             sets ``keras.utils.set_random_seed(round_seed)``, builds model,
             ``HyperAdam``, ``Trainer`` and callbacks, and returns
             ``trainer.fit(...)``'s history.
