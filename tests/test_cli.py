@@ -233,3 +233,16 @@ def test_ablate_runs_five_variants_side_by_side(dataset, tmp_path):
     splits = {(out / v / "splits.json").read_text() for v in
               ("all-fixes", "revert-filter", "revert-backbone-decay", "revert-optimizer-reset", "original")}
     assert len(splits) == 1
+
+
+def test_fit_with_swin_backbone_and_predict(dataset, tmp_path):
+    out = tmp_path / "swin"
+    args = [a if a != "resnet_tiny" else "swin_tiny" for a in TINY]
+    result = _run(["fit", "--dataset", "csv", "--root", str(dataset), "--out", str(out), "--multiscale",
+                   "--val-fraction", "0", *args])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())["options"]
+    assert config["backbone"] == "swin_tiny" and config["multiscale"] is True
+    scored = _run(["predict", str(out / "model.keras"), str(dataset / "img" / "00.png"), "--patches", "1"])
+    assert scored.exit_code == 0, scored.output
+    assert np.isfinite(float(scored.output.split("\t")[1]))
