@@ -34,6 +34,13 @@ from pathlib import Path
 
 from keras_hyperiqa.errors import UserError
 
+
+def _dist():
+    """[distributed] keras_hyperiqa.training.distributed, imported lazily (it loads keras)."""
+    from keras_hyperiqa.training import distributed
+
+    return distributed
+
 FIX_NAMES = ("filter", "backbone-decay", "optimizer-reset")
 
 # The demo's quick profile: a small ResNet trained from scratch on the
@@ -347,8 +354,11 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
         config.out = str(out)
     config = config or FitConfig()
     _check_config(config)
+    _dist().check_batch_size(config.batch_size)  # [distributed] divides by the replicas
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    primary = _dist().is_primary()  # [distributed] only rank / process 0 writes files
+    if primary:
+        out.mkdir(parents=True, exist_ok=True)
 
     import keras
 
@@ -356,22 +366,24 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
 
     if config.precision == "bf16":
         keras.config.set_dtype_policy("mixed_bfloat16")
-    info = load_dataset(config, report_dir=out)
+    info = load_dataset(config, report_dir=out if primary else None)
     resize, short_side = resolved_resize(config, info)
     splits_path = out / "splits.json"
     if resume is not None and splits_path.is_file():
         splits = load_splits(splits_path, info)
     else:
         splits = make_round_splits(config, info)
-        save_splits(splits_path, splits, info)
-    write_json(out / "config.json", {
-        "options": config.to_json(),
-        "resolved": {"dataset": info.name, "root": str(info.root), "images": len(info.records),
-                     "higher_is_better": info.higher_is_better, "resize": resize,
-                     "short_side": short_side, "rounds": len(splits)},
-        "backend": keras.backend.backend(),
-        "versions": versions(),
-    })
+        if primary:
+            save_splits(splits_path, splits, info)
+    if primary:
+        write_json(out / "config.json", {
+            "options": config.to_json(),
+            "resolved": {"dataset": info.name, "root": str(info.root), "images": len(info.records),
+                         "higher_is_better": info.higher_is_better, "resize": resize,
+                         "short_side": short_side, "rounds": len(splits)},
+            "backend": keras.backend.backend(),
+            "versions": versions(),
+        })
 
     reports = []
     for split in splits:
@@ -403,12 +415,15 @@ def _train_round(config, info, split, n_rounds, resize, short_side, out):
 
     rdir = out / "rounds" / f"r{split.round}"
     done = rdir / "done.json"
+    _dist().barrier()  # [distributed] rank 0's files are complete before anyone reads them
+    primary = _dist().is_primary()
     if done.is_file():
         report = json.loads(done.read_text())
         if config.verbose:
             print(f"round {split.round + 1}: already complete, skipped", flush=True)
         return report
-    rdir.mkdir(parents=True, exist_ok=True)
+    if primary:
+        rdir.mkdir(parents=True, exist_ok=True)
     seed = config.seed + split.round
     keras.utils.set_random_seed(seed)
     model = build_model(config, resize, short_side)
@@ -435,6 +450,8 @@ def _train_round(config, info, split, n_rounds, resize, short_side, out):
         _MetricsTable(out, split.round, trainer),
         EpochProgress(train.steps_per_epoch, config.epochs, split.round, n_rounds, config.verbose),
     ]
+    if not primary:  # [distributed] the schedule only; no files, no progress
+        callbacks = [schedule]
     if initial_epoch < config.epochs:
         trainer.fit(train, config.epochs, val=val, test=test, callbacks=callbacks,
                     initial_epoch=initial_epoch, verbose=0)
@@ -446,14 +463,19 @@ def _train_round(config, info, split, n_rounds, resize, short_side, out):
                       selected_epoch=last_row["epoch"], selected_on="last epoch")
     report.update(round=split.round, seed=seed)
     # The selected epoch's model, with its per-image test predictions.
+    _dist().barrier()  # [distributed] rank 0 has written selected.weights.h5
     model.load_weights(selected_path)
-    save_model_atomic(model, rdir / "model.keras")
+    if primary:
+        save_model_atomic(model, rdir / "model.keras")
     if test is not None:
-        scores = trainer.predict(test)
+        scores = trainer.predict(test)  # collective under torch.distributed
+        if not primary:
+            return report
         rows = [{"image": info.relpath(r), "label": r.label, "prediction": float(s)}
                 for r, s in zip((info.records[i] for i in split.test), scores)]
         write_csv(rdir / "test_predictions.csv", rows, ["image", "label", "prediction"])
-    write_json(done, report)
+    if primary:
+        write_json(done, report)
     return report
 
 
@@ -490,6 +512,8 @@ def _finish(config, out, reports):
     summary["optimistic_note"] = ("best test SRCC over epochs, selected on the test split "
                                   "as in the original code: optimistic")
     summary["rounds_run"] = len(reports)
+    if not _dist().is_primary():  # [distributed] rank 0 writes the run directory
+        return summary
     import shutil
 
     src = out / "rounds" / f"r{reports[0]['round']}" / "model.keras"
@@ -527,6 +551,10 @@ def plot_run(out):
             values = [_float(r.get(key)) for r in rr]
             if any(not math.isnan(v) for v in values):
                 ax2.plot(ep, values, style, marker=".", label=key.replace("_", " ") + tag)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set(xlabel="epoch", ylabel="L1 loss", title="training loss")
     ax2.set(xlabel="epoch", ylabel="correlation", title="SRCC / PLCC")
     ax1.legend(fontsize=7)
