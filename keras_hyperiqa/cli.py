@@ -156,6 +156,10 @@ def _fit_config(kw, out):
               help="Run directory [runs/demo or runs/<dataset>-<backbone>].")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Resume the run in this directory (its own options are used).")
+@click.option("--distribute", is_flag=True,
+              help="Data-parallel training. jax: over all local devices (multi-host after "
+                   "keras.distribution.initialize, see README). torch: under torchrun, one process "
+                   "per device (automatic when torchrun's WORLD_SIZE > 1).")
 def fit(**kw):
     """Train HyperIQA and write a run directory.
 
@@ -173,6 +177,7 @@ def fit(**kw):
     scatter.png and resumable checkpoints (rounds/rN/last.npz).
     """
     _use_backend(kw.pop("backend"))
+    _setup_distribution(kw.pop("distribute"))
     from keras_hyperiqa import experiment
 
     resume = kw.pop("resume")
@@ -183,6 +188,19 @@ def fit(**kw):
                             if kw["dataset"] else "runs/demo")
     config = _fit_config(kw, out)
     experiment.fit(config)
+
+
+def _setup_distribution(distribute):
+    """``--distribute`` (jax), or torchrun's environment (torch): before any model is built."""
+    import keras_hyperiqa.backend as hb
+
+    backend = hb.ensure_default_backend()
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    if not distribute and not (backend == "torch" and under_torchrun):
+        return
+    from keras_hyperiqa.training import distributed
+
+    distributed.setup(backend)
 
 
 @cli.command()

@@ -21,6 +21,12 @@ Data sources are duck-typed:
   ``image_index`` int ``(B,)``; ``labels`` holds one label per image.
 
 The loss is the mean L1 distance between per-patch scores and labels.
+
+Data parallelism: a ``strategy`` from :mod:`keras_hyperiqa.training.distributed`
+(``JaxDataParallel`` or ``TorchDataParallel``; by default the one installed
+with ``distributed.set_current``) places or slices each global batch, reduces
+the gradients and gathers predictions; the optimizer and callbacks are the
+same as on one device.
 """
 
 import csv
@@ -46,10 +52,11 @@ class Predictor:
     current variable values at every call.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, strategy=None):
         self.model = model
         self.backend = keras.backend.backend()
         self._jax_fn = None
+        self.strategy = strategy
 
     def __call__(self, x):
         model = self.model
@@ -68,11 +75,16 @@ class Predictor:
                     return ops.cast(out, "float32")
 
                 self._jax_fn = jax.jit(forward)
-            out = np.asarray(self._jax_fn(
+            x = np.asarray(x, dtype=np.float32)
+            if self.strategy is not None:  # data parallel: shard the batch
+                (x,) = self.strategy.place(x)
+            out = self._jax_fn(
                 [v.value for v in model.trainable_variables],
                 [v.value for v in model.non_trainable_variables],
-                np.asarray(x, dtype=np.float32),
-            ))
+                x,
+            )
+            out = (self.strategy.to_numpy(out) if self.strategy is not None
+                   else np.asarray(out))
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
@@ -92,6 +104,10 @@ class Trainer:
             the epoch logs report ``backbone_lr`` and ``hypernet_lr``.
         optimizer: a ``HyperAdam`` (default ``HyperAdam()``); built here on
             ``model.trainable_variables`` if it is not built yet.
+        strategy: ``"auto"`` (default: ``distributed.current()``, ``None`` on
+            one device), ``None``, or a ``JaxDataParallel`` /
+            ``TorchDataParallel`` matching the backend. On torch, model and
+            optimizer state are broadcast from rank 0 here.
 
     Attributes:
         history: list of dicts, one per completed epoch: ``epoch``, ``loss``,
@@ -99,7 +115,7 @@ class Trainer:
             Restored by :meth:`restore`, saved by ``CheckpointCallback``.
     """
 
-    def __init__(self, model, optimizer=None):
+    def __init__(self, model, optimizer=None, strategy="auto"):
         self.model = model
         self.optimizer = optimizer if optimizer is not None else HyperAdam()
         self.backend = keras.backend.backend()
@@ -123,6 +139,16 @@ class Trainer:
         self.stop_training = False
         self._jax_train_fn = None
         self._predictor = None
+        if isinstance(strategy, str) and strategy == "auto":
+            from keras_hyperiqa.training import distributed
+
+            strategy = distributed.current()
+        if strategy is not None and strategy.backend != self.backend:
+            raise ValueError(
+                f"A {strategy.backend} strategy cannot drive the {self.backend} backend")
+        self.strategy = strategy
+        if strategy is not None and self.backend == "torch":
+            strategy.broadcast_state(self.model, self.optimizer)
 
     # ------------------------------------------------------------ train step
     def train_step(self, x, y):
@@ -136,26 +162,50 @@ class Trainer:
 
         model, optimizer = self.model, self.optimizer
         trainable = optimizer._trainable_variables
+        strategy = self.strategy
+        if strategy is not None:  # this rank's contiguous slice of the batch
+            x, y = strategy.local_batch(x, y)
+        count = int(np.shape(y)[0])
         x = ops.convert_to_tensor(x, dtype="float32")
         y = ops.convert_to_tensor(y, dtype="float32")
-        with torch.enable_grad():
-            predictions = model(x, training=True)
-            loss = l1_loss(predictions, y)
-            values = [v.value for v in trainable]
-            grads = torch.autograd.grad(loss, values, allow_unused=True)
+        values = [v.value for v in trainable]
+        if count:
+            with torch.enable_grad():
+                predictions = model(x, training=True)
+                loss = l1_loss(predictions, y)
+                grads = torch.autograd.grad(loss, values, allow_unused=True)
+        else:  # an empty shard (partial last batch): contributes nothing
+            predictions = ops.zeros((0,), dtype="float32")
+            loss, grads = ops.zeros((), dtype="float32"), [None] * len(values)
         grads = [
             torch.zeros_like(value) if g is None else g
             for g, value in zip(grads, values)
         ]
+        if strategy is not None:
+            # count-weighted all-reduce: the global batch's mean gradient/loss
+            grads, loss, _ = strategy.reduce_gradients(grads, loss.detach(), count)
         with torch.no_grad():
             optimizer.apply(grads, trainable)
+        if strategy is not None:
+            strategy.after_step(model)
         self.last_predictions = predictions.detach()
-        return float(loss.detach().cpu())
+        self.last_labels = y
+        return float(loss) if strategy is not None else float(loss.detach().cpu())
 
     def _make_jax_train_fn(self):
         import jax
 
         model, optimizer = self.model, self.optimizer
+        out_shardings = None
+        if self.strategy is not None:
+            # Pin the new state to the variables' (replicated) shardings, as
+            # Keras's JAXTrainer does; loss/predictions are left to XLA.
+            out_shardings = (
+                None, None,
+                [v.value.sharding for v in optimizer._trainable_variables],
+                [v.value.sharding for v in model.non_trainable_variables],
+                [v.value.sharding for v in optimizer.variables],
+            )
 
         def loss_fn(trainable, non_trainable, x, y):
             predictions, non_trainable = model.stateless_call(
@@ -174,7 +224,7 @@ class Trainer:
             )
             return loss, predictions, trainable, non_trainable, optimizer_vars
 
-        return jax.jit(step)
+        return jax.jit(step, out_shardings=out_shardings)
 
     def _jax_train_step(self, x, y):
         if self._jax_train_fn is None:
@@ -183,12 +233,16 @@ class Trainer:
         trainable_vars = optimizer._trainable_variables
         non_trainable_vars = model.non_trainable_variables
         optimizer_vars = optimizer.variables
+        x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
+        labels = y
+        if self.strategy is not None:  # the global batch, sharded on axis 0
+            x, y = self.strategy.place(x, y)
         loss, predictions, trainable, non_trainable, opt_values = self._jax_train_fn(
             [v.value for v in trainable_vars],
             [v.value for v in non_trainable_vars],
             [v.value for v in optimizer_vars],
-            np.asarray(x, dtype=np.float32),
-            np.asarray(y, dtype=np.float32),
+            x,
+            y,
         )
         # Write the state back before any callback can look at it.
         for variable, value in zip(trainable_vars, trainable):
@@ -197,22 +251,35 @@ class Trainer:
             variable.assign(value)
         for variable, value in zip(optimizer_vars, opt_values):
             variable.assign(value)
+        if self.strategy is not None:
+            predictions = self.strategy.to_numpy(predictions)
         self.last_predictions = predictions
+        self.last_labels = labels
         return float(loss)
 
     # -------------------------------------------------------------- predict
     def predict_on_batch(self, x):
         """Per-patch scores (numpy float32, shape (N,)) in inference mode."""
         if self._predictor is None:
-            self._predictor = Predictor(self.model)
+            jax_strategy = self.strategy if self.backend == "jax" else None
+            self._predictor = Predictor(self.model, strategy=jax_strategy)
         return self._predictor(x)
 
     def predict(self, source):
         """Per-image mean score over the source's patches (numpy float64)."""
         scores, index = [], []
-        for x, image_index in source.eval_batches():
+        torch_dp = self.strategy if self.backend == "torch" else None
+        for i, (x, image_index) in enumerate(source.eval_batches()):
+            if torch_dp is not None and not torch_dp.owns_eval_batch(i):
+                continue  # round-robin: another rank scores this batch
             scores.append(self.predict_on_batch(x))
             index.append(np.asarray(image_index).reshape(-1))
+        if torch_dp is not None:
+            gathered = torch_dp.gather_objects((scores, index))
+            scores = [s for part, _ in gathered for s in part]
+            index = [k for _, part in gathered for k in part]
+        if not scores:
+            scores, index = [np.zeros(0, np.float32)], [np.zeros(0, np.int64)]
         num_images = len(source.labels) if hasattr(source, "labels") else None
         return aggregate_by_image(
             np.concatenate(scores), np.concatenate(index), num_images
@@ -247,6 +314,8 @@ class Trainer:
         cover the epochs run before the interruption.
         """
         state = ckpt.load_checkpoint(path, self.model, self.optimizer)
+        if self.strategy is not None and self.backend == "torch":
+            self.strategy.broadcast_state(self.model, self.optimizer)
         self.history = list(state.get("history", []))
         return int(state["next_epoch"])
 
@@ -295,9 +364,15 @@ class Trainer:
                 count += 1
                 train_pred.append(np.asarray(ops.convert_to_numpy(
                     ops.cast(self.last_predictions, "float32"))).reshape(-1))
-                train_true.append(np.asarray(y, dtype=np.float32).reshape(-1))
+                train_true.append(np.asarray(ops.convert_to_numpy(
+                    self.last_labels), dtype=np.float32).reshape(-1))
                 callback_list.on_train_batch_end(
                     step, {"loss": loss, "size": int(np.shape(y)[0])})
+            if self.strategy is not None and self.backend == "torch":
+                # every rank's (prediction, label) pairs, for train SRCC
+                gathered = self.strategy.gather_objects((train_pred, train_true))
+                train_pred = [p for part, _ in gathered for p in part]
+                train_true = [t for _, part in gathered for t in part]
             logs = {"loss": total / count if count else math.nan}
             # Patch-level SRCC over the epoch's training predictions, as the
             # original solver reports it (the weights change during the epoch).
