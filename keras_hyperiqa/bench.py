@@ -1,0 +1,750 @@
+"""Backend comparison and benchmarks: Keras-torch vs Keras-jax vs plain PyTorch.
+
+Two entry points, both thin behind ``scripts/compare_backends.py`` and
+``scripts/bench.py`` (and the CLI):
+
+* :func:`compare_backends` runs one configuration under ``KERAS_BACKEND=torch``
+  and ``KERAS_BACKEND=jax`` (one subprocess each) on the same data, seed and
+  initial weights and reports forward parity, per-epoch loss / SRCC / PLCC
+  side by side, step time and peak memory. Writes ``comparison.md`` and
+  ``comparison.json``; ``result["parity_ok"]`` is False when the forward
+  scores differ by more than ``tolerance`` (relative).
+* :func:`run_bench` measures training throughput (patches/s), inference
+  throughput (images/s at 25 patches each) and peak memory for Keras-torch,
+  Keras-jax and the plain-PyTorch baseline (:mod:`keras_hyperiqa.baseline`),
+  each figure in its own subprocess, plus the data pipeline against
+  decode-per-patch. Writes ``bench.md`` and ``bench.json``.
+
+Every figure is the median of ``reps`` timed repetitions after ``warmup``
+untimed ones. Peak memory: the subprocess's ``ru_maxrss`` (host), and on a GPU
+``torch.cuda.max_memory_allocated`` or jax's ``peak_bytes_in_use``.
+
+This module imports neither keras nor torch at import time: the parent
+process only spawns workers (``python -m keras_hyperiqa.bench --worker KIND
+SPEC``), so it can run from a process already committed to either backend.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+IMPLEMENTATIONS = ("keras-torch", "keras-jax", "torch")
+TARGETS = {  # time ratios to the plain-PyTorch baseline (lower is better)
+    "keras-torch": {"train": 1.10, "infer": 1.05},
+    "keras-jax": {"train": 1.00},
+}
+PIPELINE_TARGET = 5.0
+
+
+# --------------------------------------------------------------- helpers
+
+def _peak_rss_mib() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
+
+
+def _device_peak_mib(backend: str):
+    try:
+        if backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.max_memory_allocated() / 2**20
+        else:
+            import jax
+
+            dev = jax.devices()[0]
+            if dev.platform != "cpu":
+                stats = dev.memory_stats() or {}
+                if "peak_bytes_in_use" in stats:
+                    return stats["peak_bytes_in_use"] / 2**20
+    except Exception:  # memory stats are best effort
+        return None
+    return None
+
+
+def _median(xs):
+    return float(statistics.median(xs)) if xs else math.nan
+
+
+def _env(backend: str | None, device: str) -> dict:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    if device == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    else:
+        env.pop("JAX_PLATFORMS", None)
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    return env
+
+
+def _spawn(kind: str, spec: dict, out_dir: Path, backend: str | None, device: str, timeout: float) -> dict:
+    """Run a worker in a fresh Python; return the JSON it wrote."""
+    name = f"{kind}-{spec.get('impl', backend or 'none')}"
+    spec_path = out_dir / f".{name}.spec.json"
+    result_path = out_dir / f".{name}.result.json"
+    spec = dict(spec, result=str(result_path))
+    spec_path.write_text(json.dumps(spec))
+    if result_path.exists():
+        result_path.unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_hyperiqa.bench", "--worker", kind, str(spec_path)],
+        env=_env(backend, device), capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0 or not result_path.exists():
+        raise RuntimeError(f"{name} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    result = json.loads(result_path.read_text())
+    spec_path.unlink()
+    result_path.unlink()
+    return result
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "machine": platform.machine(),
+           "cpus": os.cpu_count()}
+    for pkg in ("keras", "torch", "jax", "timm", "keras-hub", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    try:
+        out["loadavg"] = list(os.getloadavg())
+    except OSError:
+        out["loadavg"] = None
+    return out
+
+
+def _write(out_dir: Path, stem: str, result: dict, markdown: str):
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def _fmt(v, spec=".4g"):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+# --------------------------------------------------------------- data
+
+def make_iqa_images(folder, n_scenes: int = 2, size: int = 256, seed: int = 0):
+    """Demo-style images (scene x {pristine, blur/noise/jpeg/contrast at levels 1, 3, 5}).
+
+    Returns ``[(path, mos, scene)]``; MOS from the level as in the demo set.
+    """
+    from PIL import Image
+
+    from keras_hyperiqa.data import demo
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for scene in range(n_scenes):
+        base = demo.make_scene(seed, scene, size=size)
+        rng = np.random.default_rng([seed, scene, 1])
+        items = [("pristine", 0, base)]
+        for kind in demo.DISTORTIONS:
+            for level in (1, 3, 5):
+                items.append((kind, level, demo.distort(base, kind, level, rng)))
+        for kind, level, img in items:
+            path = folder / f"s{scene:02d}_{kind}{level}.png"
+            Image.fromarray(img).save(path, compress_level=1)
+            rows.append((str(path), demo.MOS_BY_LEVEL[level], scene))
+    return rows
+
+
+# --------------------------------------------------------------- compare
+
+def compare_backends(out_dir, backbone: str = "resnet_tiny", epochs: int = 1, batch_size: int = 8,
+                     seed: int = 0, tolerance: float = 1e-5, patch_size: int = 224, scenes: int = 3,
+                     image_size: int = 256, train_patches: int = 2, test_patches: int = 1,
+                     parity_patches: int = 8, lr: float = 5e-4, lr_ratio: float = 4.0,
+                     backends=("torch", "jax"), device: str = "cpu", timeout: float = 3600,
+                     verbose: bool = False) -> dict:
+    """Train and score the same configuration under each Keras backend; compare.
+
+    The initial weights (``init.weights.h5``) and the parity patches
+    (``parity_patches.npz``) are made once under torch with ``seed`` and
+    saved in ``out_dir``; every backend loads them. Data: demo-style images
+    of ``scenes`` scenes (the last scene held out for testing), through
+    ``PatchDataset`` (deterministic in the seed). Returns the dict written to
+    ``comparison.json``; ``parity_ok`` says whether the forward scores agree
+    within ``tolerance`` (max abs difference over the max abs score).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if scenes < 2:
+        raise ValueError("compare_backends needs at least 2 scenes (one is held out)")
+    rows = make_iqa_images(out / "images", n_scenes=scenes, size=image_size, seed=seed)
+    train_items = [(p, y) for p, y, s in rows if s < scenes - 1]
+    test_items = [(p, y) for p, y, s in rows if s == scenes - 1]
+    config = dict(backbone=backbone, epochs=int(epochs), batch_size=int(batch_size), seed=int(seed),
+                  patch_size=int(patch_size), train_patches=int(train_patches),
+                  test_patches=int(test_patches), parity_patches=int(parity_patches), lr=float(lr),
+                  lr_ratio=float(lr_ratio), train_images=len(train_items), test_images=len(test_items),
+                  tolerance=float(tolerance), device=device, backends=list(backends))
+    spec = dict(config, train_items=train_items, test_items=test_items,
+                weights=str(out / "init.weights.h5"), patches=str(out / "parity_patches.npz"))
+    t0 = time.perf_counter()
+    # The weights and patches are made under torch: by the torch run itself
+    # when it goes first (one interpreter start less), else by its own worker.
+    init_in_run = backends[0] == "torch"
+    if not init_in_run:
+        _spawn("compare-init", spec, out, "torch", device, timeout)
+    runs = {}
+    for i, backend in enumerate(backends):
+        if verbose:
+            print(f"compare: running {backend} ...", file=sys.stderr, flush=True)
+        runs[backend] = _spawn("compare-run", dict(spec, impl=backend, init=init_in_run and i == 0),
+                               out, backend, device, timeout)
+    result = {"config": config, "versions": _versions(), "backends": runs}
+    result.update(_compare_results(runs, list(backends), tolerance))
+    result["wall_s"] = time.perf_counter() - t0
+    _write(out, "comparison", result, _comparison_md(result))
+    return result
+
+
+def _compare_results(runs: dict, backends: list, tolerance: float) -> dict:
+    ref_name = backends[0]
+    ref = np.asarray(runs[ref_name]["scores"], dtype=np.float64)
+    parity = {}
+    ok = True
+    for name in backends[1:]:
+        other = np.asarray(runs[name]["scores"], dtype=np.float64)
+        diff = np.abs(other - ref)
+        max_abs = float(diff.max()) if diff.size else 0.0
+        scale = max(float(np.abs(ref).max()) if ref.size else 0.0, 1e-12)
+        rel = max_abs / scale
+        elem_rel = float(np.max(diff / np.maximum(np.abs(ref), 1e-12))) if diff.size else 0.0
+        this_ok = bool(rel <= tolerance)
+        ok &= this_ok
+        parity[f"{name}_vs_{ref_name}"] = {
+            "max_abs_diff": max_abs, "max_rel_diff": rel, "max_elementwise_rel_diff": elem_rel,
+            "tolerance": tolerance, "ok": this_ok, "patches": int(ref.size),
+        }
+    epochs = []
+    for e in range(len(runs[ref_name]["history"])):
+        row = {"epoch": e}
+        for name in backends:
+            h = runs[name]["history"][e] if e < len(runs[name]["history"]) else {}
+            for key in ("loss", "test_srcc", "test_plcc"):
+                row[f"{name}_{key}"] = h.get(key)
+        epochs.append(row)
+    return {"parity": parity, "parity_ok": bool(ok), "epochs": epochs}
+
+
+def _comparison_md(r: dict) -> str:
+    c = r["config"]
+    backends = c["backends"]
+    lines = [
+        "# Backend comparison",
+        "",
+        f"`{c['backbone']}`, patch {c['patch_size']}, batch {c['batch_size']}, {c['epochs']} epoch(s), "
+        f"seed {c['seed']}, lr {c['lr']} (ratio {c['lr_ratio']}), {c['train_images']} train / "
+        f"{c['test_images']} test images, {c['train_patches']}/{c['test_patches']} patches per image, "
+        f"device {c['device']}; same initial weights (`init.weights.h5`) and patches for every backend.",
+        "",
+        "## Forward parity (inference scores, same weights and patches)",
+        "",
+        "| pair | patches | max abs diff | max rel diff | tolerance | ok |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair, p in r["parity"].items():
+        lines.append(f"| {pair} | {p['patches']} | {p['max_abs_diff']:.3g} | {p['max_rel_diff']:.3g} | "
+                     f"{p['tolerance']:.0e} | {'yes' if p['ok'] else '**NO**'} |")
+    lines += ["", "Relative difference: max |difference| / max |reference score|.", "",
+              "## Training, per epoch", ""]
+    head = ["epoch"] + [f"{b} {k}" for k in ("loss", "SRCC", "PLCC") for b in backends]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in r["epochs"]:
+        cells = [str(row["epoch"])] + [
+            _fmt(row.get(f"{b}_{k}"), ".5f") for k in ("loss", "test_srcc", "test_plcc") for b in backends]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Speed and memory", "",
+              "| backend | median step (s) | first step (s) | patches/s | host peak RSS (MiB) | device peak (MiB) |",
+              "|---|---|---|---|---|---|"]
+    for b in backends:
+        s = r["backends"][b]
+        lines.append(f"| {b} | {_fmt(s['step_time_s'])} | {_fmt(s['first_step_s'])} | "
+                     f"{_fmt(s['patches_per_s'], '.1f')} | {_fmt(s['peak_rss_mib'], '.0f')} | "
+                     f"{_fmt(s.get('device_peak_mib'), '.0f')} |")
+    lines += ["", "Median step excludes each run's first step (compilation / warm-up).",
+              f"Verdict: parity {'OK' if r['parity_ok'] else 'BROKEN'}.", ""]
+    return "\n".join(lines)
+
+
+def _worker_compare_init(spec):
+    import keras
+
+    from keras_hyperiqa.data.pipeline import PatchDataset
+    from keras_hyperiqa.model.hyperiqa import HyperIQA
+
+    p = spec["patch_size"]
+    keras.utils.set_random_seed(spec["seed"])
+    model = HyperIQA(backbone=spec["backbone"], patch_size=p)
+    model.build((None, p, p, 3))
+    model.save_weights(spec["weights"])
+    ds = PatchDataset(spec["train_items"] + spec["test_items"], patch_size=p, train=True,
+                      patches_per_image=1, seed=spec["seed"] + 1, batch_size=spec["parity_patches"], workers=0)
+    x, _ = next(iter(ds.train_batches(0)))
+    np.savez(spec["patches"], x=x)
+    return {"ok": True}
+
+
+class _StepTimer:
+    def __init__(self):
+        self.times = []
+        self._t = None
+
+    def begin(self):
+        self._t = time.perf_counter()
+
+    def end(self):
+        self.times.append(time.perf_counter() - self._t)
+
+
+def _worker_compare_run(spec):
+    import keras
+
+    from keras_hyperiqa.data.pipeline import PatchDataset
+    from keras_hyperiqa.model.hyperiqa import HyperIQA
+    from keras_hyperiqa.training.optimizer import HyperAdam
+    from keras_hyperiqa.training.schedule import Fixes, HyperIQASchedule
+    from keras_hyperiqa.training.trainer import Predictor, Trainer
+
+    backend = keras.backend.backend()
+    if spec.get("init"):
+        _worker_compare_init(spec)
+    p = spec["patch_size"]
+    keras.utils.set_random_seed(spec["seed"])
+    model = HyperIQA(backbone=spec["backbone"], patch_size=p)
+    model.build((None, p, p, 3))
+    model.load_weights(spec["weights"])
+    patches = np.load(spec["patches"])["x"]
+    scores = Predictor(model)(patches)
+
+    timer = _StepTimer()
+
+    class Timing(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            timer.begin()
+
+        def on_train_batch_end(self, batch, logs=None):
+            timer.end()
+
+    optimizer = HyperAdam(learning_rate=spec["lr"], weight_decay=5e-4)
+    trainer = Trainer(model, optimizer)
+    schedule = HyperIQASchedule(optimizer, model.backbone_variables, model.hypernet_variables,
+                                lr=spec["lr"], lr_ratio=spec["lr_ratio"], fixes=Fixes())
+    # drop_last: every step has the same shape, so jax compiles the step once.
+    train = PatchDataset(spec["train_items"], patch_size=p, train=True, patches_per_image=spec["train_patches"],
+                         seed=spec["seed"], batch_size=spec["batch_size"], workers=0, drop_last=True)
+    test = PatchDataset(spec["test_items"], patch_size=p, train=False, crops="random",
+                        patches_per_image=spec["test_patches"], seed=spec["seed"],
+                        batch_size=spec["batch_size"], workers=0)
+    history = trainer.fit(train, spec["epochs"], test=test, callbacks=[schedule, Timing()], verbose=0)
+    steady = timer.times[1:] or timer.times
+    step = _median(steady)
+    return {
+        "backend": backend,
+        "scores": [float(s) for s in scores],
+        "history": [{k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in h.items()}
+                    for h in history],
+        "steps": len(timer.times),
+        "first_step_s": timer.times[0] if timer.times else None,
+        "step_time_s": step,
+        "patches_per_s": spec["batch_size"] / step if step and step > 0 else None,
+        "peak_rss_mib": _peak_rss_mib(),
+        "device_peak_mib": _device_peak_mib(backend),
+    }
+
+
+# --------------------------------------------------------------- bench
+
+def run_bench(out_dir, backbone: str = "resnet50", batch_size: int | None = None, reps: int = 3,
+              warmup: int | None = None, device: str = "cpu", precision: str | None = None,
+              infer_images: int | None = None, patches_per_image: int = 25, patch_size: int = 224,
+              pipeline_images: int = 16, steps_per_rep: int | None = None,
+              implementations=IMPLEMENTATIONS, seed: int = 0, timeout: float = 1800,
+              isolate: bool = True, verbose: bool = False) -> dict:
+    """Training / inference throughput and peak memory per implementation, plus the data pipeline.
+
+    Defaults per ``device``: CPU batch 4, fp32, 1 warm-up, 1 image (25
+    patches) per inference batch; GPU batch 64, bf16, 3 warm-ups, 8 images
+    per inference batch, 5 steps per repetition. Each (implementation, task)
+    runs in its own subprocess (with ``isolate=False`` one subprocess per
+    implementation runs both tasks, training first: quicker, but the
+    inference peak memory then includes training's). Returns the dict
+    written to ``bench.json``.
+    """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be cpu or gpu, got {device!r}")
+    gpu = device == "gpu"
+    batch_size = int(batch_size or (64 if gpu else 4))
+    warmup = int(warmup if warmup is not None else (3 if gpu else 1))
+    precision = precision or ("bf16" if gpu else "fp32")
+    infer_images = int(infer_images or (8 if gpu else 1))
+    steps_per_rep = int(steps_per_rep or (5 if gpu else 1))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = dict(backbone=backbone, batch_size=batch_size, reps=int(reps), warmup=warmup, device=device,
+                  precision=precision, infer_images=infer_images, patches_per_image=int(patches_per_image),
+                  patch_size=int(patch_size), steps_per_rep=steps_per_rep, pipeline_images=int(pipeline_images),
+                  implementations=list(implementations), seed=int(seed), isolate=bool(isolate))
+    t0 = time.perf_counter()
+    results = {}
+    for impl in implementations:
+        results[impl] = {}
+        backend = {"keras-torch": "torch", "keras-jax": "jax"}.get(impl)
+        kind = "bench-keras" if backend else "bench-torch"
+        for tasks in ((["train"], ["infer"]) if isolate else (["train", "infer"],)):
+            if verbose:
+                print(f"bench: {impl} {'+'.join(tasks)} ...", file=sys.stderr, flush=True)
+            spec = dict(config, impl=f"{impl}-{'-'.join(tasks)}", tasks=tasks)
+            results[impl].update(_spawn(kind, spec, out, backend, device, timeout))
+    if verbose:
+        print("bench: data pipeline ...", file=sys.stderr, flush=True)
+    pipeline = pipeline_throughput(pipeline_images, patches_per_image, reps=max(1, int(reps)),
+                                   patch_size=patch_size)
+    result = {"config": config, "versions": _versions(), "results": results, "pipeline": pipeline}
+    result["ratios"] = _bench_ratios(results)
+    result["wall_s"] = time.perf_counter() - t0
+    _write(out, "bench", result, _bench_md(result))
+    return result
+
+
+def _bench_ratios(results: dict) -> dict:
+    base = results.get("torch")
+    ratios = {}
+    if not base:
+        return ratios
+    for impl, r in results.items():
+        if impl == "torch":
+            continue
+        row = {}
+        for task, key in (("train", "patches_per_s"), ("infer", "images_per_s")):
+            ours, ref = r[task].get(key), base[task].get(key)
+            if ours and ref:
+                row[f"{task}_time_ratio"] = ref / ours  # > 1: slower than plain PyTorch
+                row[f"{task}_throughput_ratio"] = ours / ref
+                target = TARGETS.get(impl, {}).get(task)
+                if target is not None:
+                    row[f"{task}_target"] = target
+                    row[f"{task}_target_met"] = bool(ref / ours <= target)
+            ref_mem, our_mem = base[task].get("peak_rss_mib"), r[task].get("peak_rss_mib")
+            if ref_mem and our_mem:
+                row[f"{task}_peak_rss_ratio"] = our_mem / ref_mem
+        ratios[impl] = row
+    return ratios
+
+
+def _bench_md(r: dict) -> str:
+    c = r["config"]
+    lines = [
+        "# Benchmark",
+        "",
+        f"`{c['backbone']}`, patch {c['patch_size']}, device {c['device']}, {c['precision']}, train batch "
+        f"{c['batch_size']} ({c['steps_per_rep']} step(s) per repetition), inference {c['infer_images']} "
+        f"image(s) x {c['patches_per_image']} patches per batch; median of {c['reps']} repetitions after "
+        f"{c['warmup']} warm-up(s); every figure in its own subprocess. "
+        f"Load average at the end: {r['versions'].get('loadavg')}, {r['versions'].get('cpus')} CPUs.",
+        "",
+        "| implementation | train patches/s | train step (s) | train time ratio | infer images/s | "
+        "infer time ratio | train peak RSS (MiB) | infer peak RSS (MiB) | device peak train/infer (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for impl, res in r["results"].items():
+        ratio = r["ratios"].get(impl, {})
+        tr, inf = res["train"], res["infer"]
+
+        def with_target(task):
+            v = ratio.get(f"{task}_time_ratio")
+            if v is None:
+                return "1 (baseline)" if impl == "torch" else "-"
+            t = ratio.get(f"{task}_target")
+            return f"{v:.3f}" + ("" if t is None else f" (target <= {t}: {'met' if ratio[f'{task}_target_met'] else 'NOT met'})")
+
+        lines.append(
+            f"| {impl} | {_fmt(tr['patches_per_s'], '.2f')} | {_fmt(tr['step_time_s'], '.3f')} | {with_target('train')} | "
+            f"{_fmt(inf['images_per_s'], '.3f')} | {with_target('infer')} | {_fmt(tr['peak_rss_mib'], '.0f')} | "
+            f"{_fmt(inf['peak_rss_mib'], '.0f')} | {_fmt(tr.get('device_peak_mib'), '.0f')} / "
+            f"{_fmt(inf.get('device_peak_mib'), '.0f')} |")
+    p = r["pipeline"]
+    lines += ["", f"Time ratio: plain-PyTorch throughput / this throughput (1.10 = 10% slower). "
+              f"Compile / first-step times: " + ", ".join(
+                  f"{impl} {_fmt(res['train'].get('first_step_s'), '.2f')} s"
+                  for impl, res in r["results"].items()) + ".",
+              "", "## Data pipeline", "",
+              f"{p['images']} JPEGs 512x384, {p['patches_per_image']} random {p['patch_size']} crops per image, "
+              f"batch {p['batch_size']}, float32 batches, {p['workers']} worker thread(s); median of {p['reps']}.",
+              "", "| method | patches/s |", "|---|---|",
+              f"| decode-per-patch, 1 thread (the original) | {p['decode_per_patch_patches_per_s']:.1f} |",
+              f"| PatchDataset float32 | {p['pipeline_patches_per_s']:.1f} |",
+              f"| PatchDataset uint8 | {p['pipeline_uint8_patches_per_s']:.1f} |",
+              "", f"Speed-up over decode-per-patch: {p['speedup']:.2f}x (target >= {PIPELINE_TARGET}x: "
+              f"{'met' if p['speedup'] >= PIPELINE_TARGET else 'NOT met'}).", ""]
+    return "\n".join(lines)
+
+
+def _keras_model(spec):
+    import keras
+
+    if spec["precision"] == "bf16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    from keras_hyperiqa.model.hyperiqa import HyperIQA
+
+    keras.utils.set_random_seed(spec["seed"])
+    p = spec["patch_size"]
+    model = HyperIQA(backbone=spec["backbone"], patch_size=p)
+    model.build((None, p, p, 3))
+    return model
+
+
+def _inputs(spec, n):
+    rng = np.random.default_rng(spec["seed"])
+    p = spec["patch_size"]
+    x = rng.uniform(0, 255, size=(n, p, p, 3)).astype(np.float32)
+    y = rng.uniform(0, 100, size=(n,)).astype(np.float32)
+    return x, y
+
+
+def _time_reps(fn, warmup, reps):
+    first = None
+    for i in range(warmup):
+        t = time.perf_counter()
+        fn()
+        if i == 0:
+            first = time.perf_counter() - t
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    if first is None and times:
+        first = times[0]
+    return first, times
+
+
+def _worker_bench_keras(spec):
+    import keras
+
+    backend = keras.backend.backend()
+    model = _keras_model(spec)
+    out = {}
+    for task in spec["tasks"]:
+        if task == "train":
+            from keras_hyperiqa.training.optimizer import HyperAdam
+            from keras_hyperiqa.training.trainer import Trainer
+
+            optimizer = HyperAdam(learning_rate=2e-5, weight_decay=5e-4)
+            trainer = Trainer(model, optimizer)
+            optimizer.set_group_multiplier(model.hypernet_variables, 10.0)
+            x, y = _inputs(spec, spec["batch_size"])
+
+            def run():
+                for _ in range(spec["steps_per_rep"]):
+                    trainer.train_step(x, y)  # returns a float: waits for the step
+            n = spec["batch_size"] * spec["steps_per_rep"]
+        else:
+            from keras_hyperiqa.training.trainer import Predictor
+
+            predict = Predictor(model)
+            x, _ = _inputs(spec, spec["infer_images"] * spec["patches_per_image"])
+
+            def run():
+                predict(x)  # numpy scores: waits for the forward
+            n = spec["infer_images"]
+        out[task] = _bench_result(spec, task, backend, run, n)
+    return out
+
+
+def _worker_bench_torch(spec):
+    import torch
+
+    from keras_hyperiqa.baseline import TorchHyperIQA, make_optimizer
+
+    torch.manual_seed(spec["seed"])
+    dev = torch.device("cuda" if spec["device"] == "gpu" else "cpu")
+    model = TorchHyperIQA(spec["backbone"], patch_size=spec["patch_size"]).to(dev)
+    bf16 = spec["precision"] == "bf16"
+
+    def forward(xt):
+        if bf16:
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+                return model(xt)
+        return model(xt)
+
+    def to_device(a):  # NHWC numpy from the data pipeline -> NCHW on the device
+        return torch.from_numpy(a).to(dev, non_blocking=True).permute(0, 3, 1, 2)
+
+    out = {}
+    for task in spec["tasks"]:
+        if task == "train":
+            model.train()
+            optimizer = make_optimizer(model, lr=2e-5, lr_ratio=10.0, weight_decay=5e-4)
+            x, y = _inputs(spec, spec["batch_size"])
+
+            def step():
+                xt, yt = to_device(x), torch.from_numpy(y).to(dev)
+                optimizer.zero_grad(set_to_none=True)
+                loss = (forward(xt).float() - yt).abs().mean()
+                loss.backward()
+                optimizer.step()
+                return loss.item()  # what a training loop logs; waits for the step
+
+            def run():
+                for _ in range(spec["steps_per_rep"]):
+                    step()
+            n = spec["batch_size"] * spec["steps_per_rep"]
+        else:
+            model.eval()
+            x, _ = _inputs(spec, spec["infer_images"] * spec["patches_per_image"])
+
+            def run():
+                with torch.inference_mode():
+                    forward(to_device(x)).float().cpu().numpy()
+            n = spec["infer_images"]
+        out[task] = _bench_result(spec, task, "torch", run, n)
+    return out
+
+
+def _bench_result(spec, task, backend, run, n):
+    first, times = _time_reps(run, spec["warmup"], spec["reps"])
+    med = _median(times)
+    out = {"impl": spec["impl"], "task": task, "first_step_s": first, "times_s": times,
+           "peak_rss_mib": _peak_rss_mib(), "device_peak_mib": _device_peak_mib(backend)}
+    if task == "train":
+        out["step_time_s"] = med / spec["steps_per_rep"]
+        out["patches_per_s"] = n / med
+    else:
+        out["batch_time_s"] = med
+        out["images_per_s"] = n / med
+    return out
+
+
+# --------------------------------------------------------------- data pipeline
+
+def _make_jpegs(folder: Path, n: int, seed: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        small = rng.random((12, 16, 3)).astype(np.float32) * 255
+        base = np.asarray(Image.fromarray(small.astype(np.uint8)).resize((512, 384), Image.BICUBIC), np.float32)
+        img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        p = folder / f"img{i:03d}.jpg"
+        Image.fromarray(img).save(p, quality=90)
+        paths.append(str(p))
+    return paths
+
+
+def _decode_per_patch_epoch(paths, labels, patches, patch, batch, seed=0):
+    """The original's data loading: every patch decodes its whole file again (one thread)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    samples = [(p, y) for p, y in zip(paths, labels) for _ in range(patches)]
+    order = rng.permutation(len(samples))
+    seeds = rng.integers(0, 2**63 - 1, size=len(samples))
+    n = 0
+    for start in range(0, len(samples), batch):
+        crops = []
+        for k in range(start, min(len(samples), start + batch)):
+            path, _ = samples[order[k]]
+            r = np.random.default_rng(seeds[k])
+            with open(path, "rb") as fh:
+                img = Image.open(fh).convert("RGB")
+            if r.random() < 0.5:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            w, h = img.size
+            t, l = int(r.integers(0, h - patch + 1)), int(r.integers(0, w - patch + 1))
+            crops.append(np.asarray(img.crop((l, t, l + patch, t + patch)), dtype=np.float32))
+        n += len(np.stack(crops))
+    return n
+
+
+def pipeline_throughput(images: int = 16, patches_per_image: int = 25, reps: int = 3, patch_size: int = 224,
+                        batch_size: int = 96, workers: int | None = None) -> dict:
+    """Patches/s of ``PatchDataset`` vs decode-per-patch on generated 512x384 JPEGs (median of reps)."""
+    from keras_hyperiqa.data.pipeline import PatchDataset
+
+    workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        paths = _make_jpegs(Path(tmp), images)
+        labels = [float(i) for i in range(len(paths))]
+        items = list(zip(paths, labels))
+
+        def pipeline(dtype):
+            ds = PatchDataset(items, patch_size=patch_size, patches_per_image=patches_per_image,
+                              batch_size=batch_size, workers=workers, dtype=dtype)
+            return sum(len(x) for x, _ in ds.train_batches(0))
+
+        def timed(fn, *args):
+            fn(*args)  # warm-up: page cache, imports, thread pool
+            ts, n = [], 0
+            for _ in range(reps):
+                t = time.perf_counter()
+                n = fn(*args)
+                ts.append(time.perf_counter() - t)
+            return n / _median(ts)
+
+        base = timed(_decode_per_patch_epoch, paths, labels, patches_per_image, patch_size, batch_size)
+        ours = timed(pipeline, "float32")
+        ours_u8 = timed(pipeline, "uint8")
+    return {"images": images, "patches_per_image": patches_per_image, "patch_size": patch_size,
+            "batch_size": batch_size, "workers": workers, "reps": reps,
+            "decode_per_patch_patches_per_s": base, "pipeline_patches_per_s": ours,
+            "pipeline_uint8_patches_per_s": ours_u8, "speedup": ours / base,
+            "speedup_uint8": ours_u8 / base}
+
+
+# --------------------------------------------------------------- worker entry
+
+_WORKERS = {
+    "compare-init": _worker_compare_init,
+    "compare-run": _worker_compare_run,
+    "bench-keras": _worker_bench_keras,
+    "bench-torch": _worker_bench_torch,
+}
+
+
+def _worker_main(kind, spec_path):
+    spec = json.loads(Path(spec_path).read_text())
+    if kind.startswith("bench-") or kind.startswith("compare-"):
+        import keras_hyperiqa  # noqa: F401  (backend default, class registration)
+    result = _WORKERS[kind](spec)
+    Path(spec["result"]).write_text(json.dumps(result, default=_json_default))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        _worker_main(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: python -m keras_hyperiqa.bench --worker KIND SPEC.json "
+                 "(use scripts/bench.py or scripts/compare_backends.py)")
