@@ -77,6 +77,7 @@ def cli():
     keras-hyperiqa evaluate model.keras --dataset livec --root DIR
     keras-hyperiqa convert koniq_pretrained.pkl koniq.keras
     keras-hyperiqa ablate --dataset koniq --root DIR
+    keras-hyperiqa compare                   torch vs jax, side by side
     """
 
 
@@ -306,6 +307,42 @@ def convert(src, dst, resize, backend):
     size = _parse_hw(resize, "--resize")
     convert_original_checkpoint(src, dst, resize=None if size == "preset" else size)
     click.echo(f"wrote {dst}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False), default="runs/compare", show_default=True)
+@click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default="resnet_tiny", show_default=True)
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tolerance", type=float, default=1e-5, show_default=True,
+              help="Largest allowed relative forward difference between the backends.")
+@click.option("--patch-size", type=int, default=224, show_default=True)
+@click.option("--scenes", type=int, default=3, show_default=True,
+              help="Demo-style scenes of 13 images (the last is the test set).")
+@click.option("--image-size", type=int, default=256, show_default=True)
+@click.option("--train-patches", type=int, default=2, show_default=True)
+@click.option("--test-patches", type=int, default=1, show_default=True)
+@click.option("--parity-patches", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--lr-ratio", type=float, default=4.0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+def compare(out, **kw):
+    """Run one configuration under torch and jax and compare them.
+
+    Same seed, data and initial weights on both backends (each in its own
+    subprocess): forward parity, per-epoch loss and SRCC/PLCC side by side,
+    step time and peak memory. Writes OUT/comparison.md and
+    OUT/comparison.json; exit status 1 when parity breaks --tolerance.
+    """
+    from pathlib import Path
+
+    from keras_hyperiqa.bench import compare_backends
+
+    result = compare_backends(out, verbose=True, **kw)
+    click.echo((Path(out) / "comparison.md").read_text(), nl=False)
+    if not result["parity_ok"]:
+        sys.exit(1)
 
 
 def main(argv=None):
