@@ -649,7 +649,8 @@ def _bench_result(spec, task, backend, run, n):
 
 # --------------------------------------------------------------- data pipeline
 
-def _make_jpegs(folder: Path, n: int, seed: int = 0):
+def make_jpegs(folder: Path, n: int, seed: int = 0):
+    """``n`` 512x384 JPEGs (smooth colour fields plus noise) for pipeline benchmarks."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -696,7 +697,7 @@ def pipeline_throughput(images: int = 16, patches_per_image: int = 25, reps: int
 
     workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        paths = _make_jpegs(Path(tmp), images)
+        paths = make_jpegs(Path(tmp), images)
         labels = [float(i) for i in range(len(paths))]
         items = list(zip(paths, labels))
 

@@ -223,8 +223,6 @@ def patch_sources(config, info, split, resize, short_side):
 
 # --------------------------------------------------------------------- model
 def build_model(config, resize, short_side):
-    import keras
-
     from keras_hyperiqa.model.hyperiqa import HyperIQA
 
     if config.init:
@@ -240,7 +238,6 @@ def build_model(config, resize, short_side):
         from keras_hyperiqa.convert.backbone import load_backbone_weights
 
         load_backbone_weights(model, weights)
-    del keras
     return model
 
 

@@ -38,23 +38,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from keras_hyperiqa.bench import make_jpegs  # noqa: E402
 from keras_hyperiqa.data.pipeline import PatchDataset  # noqa: E402
 
 PATCH = 224
 BATCH = 96
-
-
-def make_images(folder: Path, n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        small = rng.random((12, 16, 3)).astype(np.float32) * 255
-        base = np.asarray(Image.fromarray(small.astype(np.uint8)).resize((512, 384), Image.BICUBIC), np.float32)
-        img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-        p = folder / f"img{i:03d}.jpg"
-        Image.fromarray(img).save(p, quality=90)
-        paths.append(str(p))
-    return paths
 
 
 def decode_per_patch_epoch(paths, labels, patches, workers, seed=0) -> int:
@@ -119,7 +107,7 @@ def main(argv=None):
     global REPEAT
     REPEAT = max(1, args.repeat)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        paths = make_images(Path(tmp), args.images)
+        paths = make_jpegs(Path(tmp), args.images)
         labels = [float(i) for i in range(len(paths))]
         pipeline_epoch(paths[:2], labels[:2], 2, 1)  # warm imports and the page cache
         rows = [

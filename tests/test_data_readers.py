@@ -1,7 +1,6 @@
 """Each reader against a small fixture in the dataset's exact on-disk format."""
 
 import csv
-import os
 
 import numpy as np
 import openpyxl

@@ -6,7 +6,7 @@ import pytest
 
 from keras_hyperiqa.data.readers import read_dataset
 from keras_hyperiqa.data.records import DatasetInfo, Record
-from keras_hyperiqa.data.splits import Split, load_splits, make_splits, official_split, save_splits
+from keras_hyperiqa.data.splits import load_splits, make_splits, official_split, save_splits
 from keras_hyperiqa.errors import UserError
 
 

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from PIL import Image
 
-from keras_hyperiqa.data.records import DatasetInfo, Problem, Record
+from keras_hyperiqa.data.records import DatasetInfo, Problem
 from keras_hyperiqa.errors import UserError
 
 __all__ = ["Problem", "validate", "validated", "check_image_header"]
