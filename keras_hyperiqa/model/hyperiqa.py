@@ -76,15 +76,18 @@ class HyperIQA(keras.Model):
 
         self.backbone, self.backbone_features = build_backbone(backbone, self.patch_size)
         self.frozen_backbone_layers = _freeze_unused(self.backbone, self.backbone_features)
+        # The taps and head compute in the backbone's layout (channels-first
+        # for ResNets on torch), so the stage maps are never transposed.
+        self.data_format = self.backbone.data_format
         shapes = [tuple(t.shape[1:]) for t in self.backbone_features.outputs]
-        if self.backbone.data_format == "channels_first":
+        if self.data_format == "channels_first":
             shapes = [(h, w, c) for c, h, w in shapes]
         self.feature_size = shapes[-1][0]
         lda_units = [self.lda_out] * 3 + [self.target_dims[0] - 3 * self.lda_out]
         reduce = [self.lda_out, 2 * self.lda_out, 4 * self.lda_out, None]
         self.lda = [
             LDATap(in_channels=c, spatial=s, units=u, reduce_channels=r,
-                   pool=self.feature_size, name=f"lda{i + 1}")
+                   pool=self.feature_size, data_format=self.data_format, name=f"lda{i + 1}")
             for i, ((s, _, c), u, r) in enumerate(zip(shapes, lda_units, reduce))
         ]
         head_in = sum(s[-1] for s in shapes) if self.multiscale else shapes[-1][-1]
@@ -92,7 +95,7 @@ class HyperIQA(keras.Model):
         self.hyper_head = HyperHead(
             in_channels=head_in, widths=self.head_widths, hyper_in=self.hyper_in,
             target_dims=self.target_dims, feature_size=self.feature_size,
-            name="hyper_head",
+            data_format=self.data_format, name="hyper_head",
         )
         self._mean = [255.0 * m for m in IMAGENET_MEAN]
         self._std = [255.0 * s for s in IMAGENET_STD]
@@ -121,22 +124,28 @@ class HyperIQA(keras.Model):
         x = ops.cast(x, self.compute_dtype)
         return (x - ops.array(self._mean, dtype=x.dtype)) / ops.array(self._std, dtype=x.dtype)
 
-    def stage_features(self, x, training=False):
-        """The four stage outputs (channels-last) for [0, 255] input patches."""
+    def _stage_maps(self, x, training=False):
+        """The four stage outputs in the backbone's own layout."""
         x = self.normalize(x)
-        if self.backbone.data_format == "channels_first":
+        if self.data_format == "channels_first":
             x = ops.transpose(x, (0, 3, 1, 2))
-            stages = self.backbone_features(x, training=training)
-            return [ops.transpose(f, (0, 2, 3, 1)) for f in stages]
         return self.backbone_features(x, training=training)
 
+    def stage_features(self, x, training=False):
+        """The four stage outputs (channels-last) for [0, 255] input patches."""
+        stages = self._stage_maps(x, training=training)
+        if self.data_format == "channels_first":
+            return [ops.transpose(f, (0, 2, 3, 1)) for f in stages]
+        return stages
+
     def call(self, x, training=False):
-        stages = self.stage_features(x, training=training)
+        stages = self._stage_maps(x, training=training)
         target_in = ops.concatenate([tap(f) for tap, f in zip(self.lda, stages)], axis=-1)
         if self.multiscale:
             s = self.feature_size
+            axis = -1 if self.data_format == "channels_last" else 1
             head_in = ops.concatenate(
-                [_avg_pool_to(f, s) for f in stages], axis=-1
+                [_avg_pool_to(f, s, self.data_format) for f in stages], axis=axis
             )
         else:
             head_in = stages[-1]
@@ -183,10 +192,10 @@ def _freeze_unused(backbone, features):
     return tuple(frozen)
 
 
-def _avg_pool_to(x, size):
+def _avg_pool_to(x, size, data_format="channels_last"):
     """Adaptive average pooling to ``size`` x ``size`` when the map divides evenly."""
-    h = x.shape[1]
+    h = x.shape[1] if data_format == "channels_last" else x.shape[2]
     if h == size:
         return x
     k = h // size
-    return ops.average_pool(x, k, k, "valid")
+    return ops.average_pool(x, k, k, "valid", data_format=data_format)

@@ -17,10 +17,21 @@ from keras_hyperiqa.model.initializers import (
 )
 
 
-def channels_first_flatten(x):
-    """Flatten (B, H, W, C) in the original's (C, H, W) order: index c*H*W + h*W + w."""
-    x = ops.transpose(x, (0, 3, 1, 2))
+def channels_first_flatten(x, data_format="channels_last"):
+    """Flatten in the original's (C, H, W) order: index c*H*W + h*W + w."""
+    if data_format == "channels_last":
+        x = ops.transpose(x, (0, 3, 1, 2))
     return ops.reshape(x, (ops.shape(x)[0], -1))
+
+
+def _spatial_axes(data_format):
+    return (1, 2) if data_format == "channels_last" else (2, 3)
+
+
+def _map_shape(size, channels, data_format):
+    if data_format == "channels_last":
+        return (None, size, size, channels)
+    return (None, channels, size, size)
 
 
 @keras.saving.register_keras_serializable("keras_hyperiqa")
@@ -30,11 +41,15 @@ class LDATap(layers.Layer):
     ``lda1``..``lda3`` reduce the stage's channels with a bias-free 1x1 conv
     (``reduce_channels``); ``lda4`` pools the last stage directly
     (``reduce_channels=None``). Pooling is ``pool`` x ``pool`` with stride ``pool``
-    (7 in the reference: 56x56 -> 8x8, ..., 7x7 -> 1x1).
+    (7 in the reference: 56x56 -> 8x8, ..., 7x7 -> 1x1). ``data_format`` is
+    the layout of the stage map it taps (``HyperIQA`` matches its backbone's;
+    the weights are the same in both layouts).
     """
 
-    def __init__(self, in_channels, spatial, units, reduce_channels=None, pool=7, **kwargs):
+    def __init__(self, in_channels, spatial, units, reduce_channels=None, pool=7,
+                 data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
+        self.data_format = data_format
         self.in_channels = int(in_channels)
         self.spatial = int(spatial)
         self.units = int(units)
@@ -43,13 +58,14 @@ class LDATap(layers.Layer):
         channels = self.in_channels
         if self.reduce_channels is not None:
             self.reduce = layers.Conv2D(
-                self.reduce_channels, 1, use_bias=False,
+                self.reduce_channels, 1, use_bias=False, data_format=data_format,
                 kernel_initializer=kaiming_normal(), name="reduce",
             )
             channels = self.reduce_channels
         else:
             self.reduce = None
-        self.pool = layers.AveragePooling2D(self.pool_size, self.pool_size, name="pool")
+        self.pool = layers.AveragePooling2D(self.pool_size, self.pool_size,
+                                            data_format=data_format, name="pool")
         pooled = self.spatial // self.pool_size
         fan_in = channels * pooled * pooled
         self.fc = layers.Dense(
@@ -58,24 +74,24 @@ class LDATap(layers.Layer):
         )
 
     def build(self, input_shape):
-        shape = (None, self.spatial, self.spatial, self.in_channels)
+        channels = self.in_channels
         if self.reduce is not None:
-            self.reduce.build(shape)
-            shape = shape[:3] + (self.reduce_channels,)
+            self.reduce.build(_map_shape(self.spatial, channels, self.data_format))
+            channels = self.reduce_channels
         pooled = self.spatial // self.pool_size
-        self.fc.build((None, shape[-1] * pooled * pooled))
+        self.fc.build((None, channels * pooled * pooled))
 
     def call(self, x):
         if self.reduce is not None:
             x = self.reduce(x)
-        return self.fc(channels_first_flatten(self.pool(x)))
+        return self.fc(channels_first_flatten(self.pool(x), self.data_format))
 
     def get_config(self):
         return {
             **super().get_config(),
             "in_channels": self.in_channels, "spatial": self.spatial,
             "units": self.units, "reduce_channels": self.reduce_channels,
-            "pool": self.pool_size,
+            "pool": self.pool_size, "data_format": self.data_format,
         }
 
 
@@ -91,8 +107,10 @@ class HyperHead(layers.Layer):
     """
 
     def __init__(self, in_channels, widths=(1024, 512), hyper_in=112,
-                 target_dims=(224, 112, 56, 28, 14, 1), feature_size=7, **kwargs):
+                 target_dims=(224, 112, 56, 28, 14, 1), feature_size=7,
+                 data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
+        self.data_format = data_format
         self.in_channels = int(in_channels)
         self.widths = tuple(int(w) for w in widths)
         self.hyper_in = int(hyper_in)
@@ -104,7 +122,8 @@ class HyperHead(layers.Layer):
         fan_in = self.in_channels
         for i, width in enumerate(self.widths + (self.hyper_in,)):
             self.conv1.append(layers.Conv2D(
-                width, 1, activation="relu", kernel_initializer=torch_default_kernel(),
+                width, 1, activation="relu", data_format=data_format,
+                kernel_initializer=torch_default_kernel(),
                 bias_initializer=torch_default_bias(fan_in), name=f"conv1_{2 * i}",
             ))
             fan_in = width
@@ -122,7 +141,7 @@ class HyperHead(layers.Layer):
                         f"{self.feature_size}x{self.feature_size} generator map"
                     )
                 gen = layers.Conv2D(
-                    fan_out * fan_in_t // cells, 3, padding="same",
+                    fan_out * fan_in_t // cells, 3, padding="same", data_format=data_format,
                     kernel_initializer=kaiming_normal(),
                     bias_initializer=torch_default_bias(self.hyper_in * 9),
                     name=f"fc{k}w",
@@ -140,10 +159,10 @@ class HyperHead(layers.Layer):
 
     def build(self, input_shape):
         s = self.feature_size
-        shape = (None, s, s, self.in_channels)
+        shape = _map_shape(s, self.in_channels, self.data_format)
         for conv in self.conv1:
             conv.build(shape)
-            shape = (None, s, s, conv.filters)
+            shape = _map_shape(s, conv.filters, self.data_format)
         for gen in self.weight_generators:
             gen.build(shape if isinstance(gen, layers.Conv2D) else (None, self.hyper_in))
         for gen in self.bias_generators:
@@ -152,12 +171,14 @@ class HyperHead(layers.Layer):
     def call(self, x):
         for conv in self.conv1:
             x = conv(x)
-        pooled = ops.mean(x, axis=(1, 2))
+        pooled = ops.mean(x, axis=_spatial_axes(self.data_format))
         params = []
         dims = self.target_dims
         for k, (wgen, bgen) in enumerate(zip(self.weight_generators, self.bias_generators), 1):
             if isinstance(wgen, layers.Conv2D):
-                w = ops.transpose(wgen(x), (0, 3, 1, 2))  # the original's view is channels-first
+                w = wgen(x)
+                if self.data_format == "channels_last":  # the original's view is channels-first
+                    w = ops.transpose(w, (0, 3, 1, 2))
             else:
                 w = wgen(pooled)
             w = ops.reshape(w, (-1, dims[k], dims[k - 1]))
@@ -169,7 +190,7 @@ class HyperHead(layers.Layer):
             **super().get_config(),
             "in_channels": self.in_channels, "widths": list(self.widths),
             "hyper_in": self.hyper_in, "target_dims": list(self.target_dims),
-            "feature_size": self.feature_size,
+            "feature_size": self.feature_size, "data_format": self.data_format,
         }
 
 
