@@ -27,11 +27,11 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keras_hyperiqa.atomic import write_atomic
 from keras_hyperiqa.errors import UserError
 
 
@@ -111,20 +111,6 @@ def quick_profile(**overrides):
 
 
 # --------------------------------------------------------------------- files
-def write_atomic(path, data, mode="w"):
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_json(path, obj):
     write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 

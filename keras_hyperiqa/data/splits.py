@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from keras_hyperiqa.atomic import write_atomic
 from keras_hyperiqa.data.records import DatasetInfo, Record
 from keras_hyperiqa.errors import UserError
 
@@ -112,18 +113,7 @@ def save_splits(path, splits: list[Split], info: DatasetInfo) -> None:
             for s in splits
         ],
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def load_splits(path, info: DatasetInfo) -> list[Split]:

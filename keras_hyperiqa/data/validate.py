@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from PIL import Image
 
+from keras_hyperiqa.atomic import write_atomic
 from keras_hyperiqa.data.records import DatasetInfo, Problem
 from keras_hyperiqa.errors import UserError
 
@@ -79,21 +79,6 @@ def validate(info: DatasetInfo, check_images: bool = True, workers: int | None =
     return problems
 
 
-def _write_atomic(path, text: str) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def drop_records(info: DatasetInfo, drop: set[int]) -> DatasetInfo:
     """A copy of ``info`` without the records at indices ``drop`` (official split remapped)."""
     keep = [i for i in range(len(info.records)) if i not in drop]
@@ -135,5 +120,5 @@ def validated(
             f"# {n} problem(s) in dataset '{info.name}' at {info.root};"
             f" {len(drop)} record(s) dropped, {len(info.problems)} unreadable row(s) skipped\n"
         )
-        _write_atomic(report_path, header + "".join(f"{p}\n" for p in problems))
+        write_atomic(report_path, header + "".join(f"{p}\n" for p in problems))
     return out
