@@ -238,9 +238,9 @@ def _read_live(root: Path, label_column, csv_path):
     return records, problems, None
 
 
-def _read_csiq(root: Path, label_column, csv_path):
-    label_file = _require_file(root, ["csiq_label.txt"], "csiq")
-    resolve = _Resolver(_image_dir(root, ["dst_imgs_all"], fallback_root=False))
+def _read_two_column_file(label_file: Path, resolve, image_first: bool, ref_of):
+    """Records of a whitespace-separated label file: ``<image> <label>`` or ``<label> <image>``."""
+    expected = "'<image> <dmos>'" if image_first else "'<mos> <image>'"
     problems = _Problems()
     records = []
     with open(label_file, encoding="utf-8-sig", errors="replace") as fh:
@@ -249,38 +249,32 @@ def _read_csiq(root: Path, label_column, csv_path):
             if not words:
                 continue
             if len(words) != 2:
-                problems.add(label_file.name, lineno, f"expected '<image> <dmos>', got {line.strip()!r}", "line")
+                problems.add(label_file.name, lineno, f"expected {expected}, got {line.strip()!r}", "line")
                 continue
-            name, value = words
+            name, value = words if image_first else words[::-1]
             label = _parse_label(value, label_file.name, lineno, problems, "line")
             if label is None:
                 continue
-            parts = name.split(".")
-            ref = parts[0] + "." + parts[-1]
-            records.append(Record(resolve(name), label, ref, label_file.name, lineno, "line"))
+            records.append(Record(resolve(name), label, ref_of(name), label_file.name, lineno, "line"))
     return records, problems, None
+
+
+def _read_csiq(root: Path, label_column, csv_path):
+    label_file = _require_file(root, ["csiq_label.txt"], "csiq")
+    resolve = _Resolver(_image_dir(root, ["dst_imgs_all"], fallback_root=False))
+
+    def ref_of(name):  # 1600.AWGN.1.png -> 1600.png
+        parts = name.split(".")
+        return parts[0] + "." + parts[-1]
+
+    return _read_two_column_file(label_file, resolve, True, ref_of)
 
 
 def _read_tid2013(root: Path, label_column, csv_path):
     label_file = _require_file(root, ["mos_with_names.txt"], "tid2013")
     resolve = _Resolver(_image_dir(root, ["distorted_images"], fallback_root=False))
-    problems = _Problems()
-    records = []
-    with open(label_file, encoding="utf-8-sig", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            words = line.split()
-            if not words:
-                continue
-            if len(words) != 2:
-                problems.add(label_file.name, lineno, f"expected '<mos> <image>', got {line.strip()!r}", "line")
-                continue
-            value, name = words
-            label = _parse_label(value, label_file.name, lineno, problems, "line")
-            if label is None:
-                continue
-            ref = name.split("_")[0].upper()  # i01_01_1.bmp -> I01
-            records.append(Record(resolve(name), label, ref, label_file.name, lineno, "line"))
-    return records, problems, None
+    return _read_two_column_file(label_file, resolve, False,
+                                 lambda name: name.split("_")[0].upper())  # i01_01_1.bmp -> I01
 
 
 def _read_livec(root: Path, label_column, csv_path):
