@@ -665,28 +665,42 @@ def make_jpegs(folder: Path, n: int, seed: int = 0):
     return paths
 
 
-def _decode_per_patch_epoch(paths, labels, patches, patch, batch, seed=0):
-    """The original's data loading: every patch decodes its whole file again (one thread)."""
+def decode_per_patch_epoch(paths, labels, patches, patch, batch, seed=0, workers=1):
+    """The original's data loading: every patch decodes its whole file again.
+
+    One sample per (image, patch), shuffled; each opens, decodes, maybe flips
+    and crops its image; batches are stacked. ``workers`` > 1 decodes with a
+    thread pool. Returns the number of patches produced.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     samples = [(p, y) for p, y in zip(paths, labels) for _ in range(patches)]
     order = rng.permutation(len(samples))
     seeds = rng.integers(0, 2**63 - 1, size=len(samples))
+
+    def one(k):
+        path, _ = samples[order[k]]
+        r = np.random.default_rng(seeds[k])
+        with open(path, "rb") as fh:
+            img = Image.open(fh).convert("RGB")
+        if r.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        w, h = img.size
+        t, l = int(r.integers(0, h - patch + 1)), int(r.integers(0, w - patch + 1))
+        return np.asarray(img.crop((l, t, l + patch, t + patch)), dtype=np.float32)
+
     n = 0
-    for start in range(0, len(samples), batch):
-        crops = []
-        for k in range(start, min(len(samples), start + batch)):
-            path, _ = samples[order[k]]
-            r = np.random.default_rng(seeds[k])
-            with open(path, "rb") as fh:
-                img = Image.open(fh).convert("RGB")
-            if r.random() < 0.5:
-                img = img.transpose(Image.FLIP_LEFT_RIGHT)
-            w, h = img.size
-            t, l = int(r.integers(0, h - patch + 1)), int(r.integers(0, w - patch + 1))
-            crops.append(np.asarray(img.crop((l, t, l + patch, t + patch)), dtype=np.float32))
-        n += len(np.stack(crops))
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        for start in range(0, len(samples), batch):
+            ks = range(start, min(len(samples), start + batch))
+            n += len(np.stack(list(pool.map(one, ks)) if pool else [one(k) for k in ks]))
+    finally:
+        if pool:
+            pool.shutdown()
     return n
 
 
@@ -715,7 +729,7 @@ def pipeline_throughput(images: int = 16, patches_per_image: int = 25, reps: int
                 ts.append(time.perf_counter() - t)
             return n / _median(ts)
 
-        base = timed(_decode_per_patch_epoch, paths, labels, patches_per_image, patch_size, batch_size)
+        base = timed(decode_per_patch_epoch, paths, labels, patches_per_image, patch_size, batch_size)
         ours = timed(pipeline, "float32")
         ours_u8 = timed(pipeline, "uint8")
     return {"images": images, "patches_per_image": patches_per_image, "patch_size": patch_size,

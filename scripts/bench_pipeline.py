@@ -30,52 +30,16 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from keras_hyperiqa.bench import make_jpegs  # noqa: E402
+from keras_hyperiqa.bench import decode_per_patch_epoch, make_jpegs  # noqa: E402
 from keras_hyperiqa.data.pipeline import PatchDataset  # noqa: E402
 
 PATCH = 224
 BATCH = 96
-
-
-def decode_per_patch_epoch(paths, labels, patches, workers, seed=0) -> int:
-    """The original's way: one sample per (image, patch), each decoding the file."""
-    rng = np.random.default_rng(seed)
-    samples = [(p, y) for p, y in zip(paths, labels) for _ in range(patches)]
-    order = rng.permutation(len(samples))
-    seeds = rng.integers(0, 2**63 - 1, size=len(samples))
-
-    def one(k):
-        path, label = samples[order[k]]
-        r = np.random.default_rng(seeds[k])
-        with open(path, "rb") as fh:
-            img = Image.open(fh).convert("RGB")
-        if r.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        w, h = img.size
-        t, l = int(r.integers(0, h - PATCH + 1)), int(r.integers(0, w - PATCH + 1))
-        crop = np.asarray(img.crop((l, t, l + PATCH, t + PATCH)), dtype=np.float32)
-        return crop, label
-
-    n = 0
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    try:
-        for start in range(0, len(samples), BATCH):
-            ks = range(start, min(len(samples), start + BATCH))
-            items = list(pool.map(one, ks)) if pool else [one(k) for k in ks]
-            x = np.stack([c for c, _ in items])
-            n += len(x)
-    finally:
-        if pool:
-            pool.shutdown()
-    return n
 
 
 def pipeline_epoch(paths, labels, patches, workers, dtype="float32") -> int:
@@ -111,8 +75,9 @@ def main(argv=None):
         labels = [float(i) for i in range(len(paths))]
         pipeline_epoch(paths[:2], labels[:2], 2, 1)  # warm imports and the page cache
         rows = [
-            ("decode-per-patch, 1 thread (original)", *timed(decode_per_patch_epoch, paths, labels, args.patches, 1)),
-            (f"decode-per-patch, {args.workers} threads", *timed(decode_per_patch_epoch, paths, labels, args.patches, args.workers)),
+            ("decode-per-patch, 1 thread (original)", *timed(decode_per_patch_epoch, paths, labels, args.patches, PATCH, BATCH)),
+            (f"decode-per-patch, {args.workers} threads", *timed(decode_per_patch_epoch, paths, labels, args.patches, PATCH, BATCH,
+                                                                    0, args.workers)),
             (f"PatchDataset, {args.workers} threads", *timed(pipeline_epoch, paths, labels, args.patches, args.workers)),
             (f"PatchDataset uint8 batches, {args.workers} thr", *timed(pipeline_epoch, paths, labels, args.patches,
                                                                         args.workers, "uint8")),
