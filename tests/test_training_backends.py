@@ -114,7 +114,7 @@ def training_scenario():
     )
     from keras_hyperiqa.training.trainer import Trainer
 
-    model = TinyIQA(batchnorm=True)
+    model = TinyIQA(batchnorm=True, name="tiny_iqa")  # explicit: auto names get _1 suffixes when other tests built one first
     rng = np.random.default_rng(42)
     for v in model.trainable_variables:
         v.assign(rng.normal(0, 0.4, size=v.shape).astype(np.float32))
