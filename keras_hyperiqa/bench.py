@@ -386,10 +386,10 @@ def _worker_compare_run(spec):
 
 # --------------------------------------------------------------- bench
 
-def run_bench(out_dir, backbone: str = "resnet50", batch_size: int | None = None, reps: int = 3,
+def run_bench(out_dir, backbone: str = "resnet50", batch_size: int | None = None, reps: int = 5,
               warmup: int | None = None, device: str = "cpu", precision: str | None = None,
               infer_images: int | None = None, patches_per_image: int = 25, patch_size: int = 224,
-              pipeline_images: int = 16, steps_per_rep: int | None = None,
+              pipeline_images: int = 32, steps_per_rep: int | None = None,
               implementations=IMPLEMENTATIONS, seed: int = 0, timeout: float = 1800,
               isolate: bool = True, verbose: bool = False) -> dict:
     """Training / inference throughput and peak memory per implementation, plus the data pipeline.
@@ -429,7 +429,7 @@ def run_bench(out_dir, backbone: str = "resnet50", batch_size: int | None = None
             results[impl].update(_spawn(kind, spec, out, backend, device, timeout))
     if verbose:
         print("bench: data pipeline ...", file=sys.stderr, flush=True)
-    pipeline = pipeline_throughput(pipeline_images, patches_per_image, reps=max(1, int(reps)),
+    pipeline = pipeline_throughput(pipeline_images, patches_per_image, reps=max(5, int(reps)),
                                    patch_size=patch_size)
     result = {"config": config, "versions": _versions(), "results": results, "pipeline": pipeline}
     result["ratios"] = _bench_ratios(results)
@@ -704,7 +704,7 @@ def decode_per_patch_epoch(paths, labels, patches, patch, batch, seed=0, workers
     return n
 
 
-def pipeline_throughput(images: int = 16, patches_per_image: int = 25, reps: int = 3, patch_size: int = 224,
+def pipeline_throughput(images: int = 32, patches_per_image: int = 25, reps: int = 5, patch_size: int = 224,
                         batch_size: int = 96, workers: int | None = None) -> dict:
     """Patches/s of ``PatchDataset`` vs decode-per-patch on generated 512x384 JPEGs (median of reps)."""
     from keras_hyperiqa.data.pipeline import PatchDataset

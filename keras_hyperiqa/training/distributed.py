@@ -218,7 +218,10 @@ class TorchDataParallel:
             for i in idx:
                 g = grads[i]
                 n = g.numel()
-                out[i] = (flat[offset:offset + n] / total).reshape(g.shape).to(g.dtype)
+                # empty_like keeps the gradient's memory order (see
+                # trainer.use_torch_kernel_layout)
+                out[i] = torch.empty_like(g).copy_(
+                    (flat[offset:offset + n] / total).reshape(g.shape))
                 offset += n
         return out, global_loss, total
 

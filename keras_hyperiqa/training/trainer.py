@@ -44,6 +44,27 @@ from keras_hyperiqa.training.metrics import aggregate_by_image, iqa_metrics
 from keras_hyperiqa.training.optimizer import HyperAdam
 
 
+def use_torch_kernel_layout(variables):
+    """torch only: keep every 4-D variable in torch's (out, in, h, w) memory order.
+
+    Keras stores convolution kernels as (h, w, in, out) and its torch backend
+    permutes them to torch's (out, in, h, w) at every call; on a row-major
+    tensor that permute is a copy before each forward and backward
+    convolution, and autograd then returns the kernel gradient in
+    (out, in, h, w) order, so the optimizer's elementwise updates mix memory
+    orders (several times slower on the CPU). Storing the kernel, and its
+    Adam slots, in (out, in, h, w) order makes the permute a free view and
+    every update same-strided. Shapes and values are unchanged: this is a
+    memory layout (``Parameter.data`` replaced in place, so existing
+    references stay valid), and ``assign``/``copy_`` keep it. Idempotent.
+    """
+    for variable in variables:
+        value = variable.value
+        if value.ndim != 4 or value.permute(3, 2, 0, 1).is_contiguous():
+            continue
+        value.data = value.detach().permute(3, 2, 0, 1).contiguous().permute(2, 3, 1, 0)
+
+
 class Predictor:
     """Inference-mode scores for batches of patches, on torch or jax.
 
@@ -57,6 +78,8 @@ class Predictor:
         self.backend = keras.backend.backend()
         self._jax_fn = None
         self.strategy = strategy
+        if self.backend == "torch":
+            use_torch_kernel_layout(model.variables)
 
     def __call__(self, x):
         model = self.model
@@ -135,6 +158,8 @@ class Trainer:
                 "The optimizer was built on other variables than "
                 "model.trainable_variables (same order required)."
             )
+        if self.backend == "torch":
+            use_torch_kernel_layout(list(model.variables) + list(self.optimizer.variables))
         self.history = []
         self.stop_training = False
         self._jax_train_fn = None
@@ -224,7 +249,11 @@ class Trainer:
             )
             return loss, predictions, trainable, non_trainable, optimizer_vars
 
-        return jax.jit(step, out_shardings=out_shardings)
+        # The old state is replaced by the step's outputs (written back into
+        # the variables at once), so its buffers are donated: XLA updates the
+        # weights, batch-norm statistics and Adam slots in place instead of
+        # holding two copies of the whole state.
+        return jax.jit(step, out_shardings=out_shardings, donate_argnums=(0, 1, 2))
 
     def _jax_train_step(self, x, y):
         if self._jax_train_fn is None:
