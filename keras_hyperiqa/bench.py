@@ -12,16 +12,17 @@ Two entry points, both thin behind ``scripts/compare_backends.py`` and
 * :func:`run_bench` measures training throughput (patches/s), inference
   throughput (images/s at 25 patches each) and peak memory for Keras-torch,
   Keras-jax and the plain-PyTorch baseline (:mod:`keras_hyperiqa.baseline`),
-  each figure in its own subprocess, plus the data pipeline against
+  one long-lived subprocess per implementation and task whose repetitions
+  are interleaved round by round, plus the data pipeline against
   decode-per-patch. Writes ``bench.md`` and ``bench.json``.
 
 Every figure is the median of ``reps`` timed repetitions after ``warmup``
-untimed ones. Peak memory: the subprocess's ``ru_maxrss`` (host), and on a GPU
+untimed ones; the ratios to plain PyTorch are medians of per-round ratios. Peak memory: the subprocess's ``ru_maxrss`` (host), and on a GPU
 ``torch.cuda.max_memory_allocated`` or jax's ``peak_bytes_in_use``.
 
 This module imports neither keras nor torch at import time: the parent
-process only spawns workers (``python -m keras_hyperiqa.bench --worker KIND
-SPEC``), so it can run from a process already committed to either backend.
+process only spawns workers (``python -m keras_hyperiqa.bench --worker|--serve
+KIND SPEC``), so it can run from a process already committed to either backend.
 """
 
 from __future__ import annotations
@@ -397,10 +398,12 @@ def run_bench(out_dir, backbone: str = "resnet50", batch_size: int | None = None
     Defaults per ``device``: CPU batch 4, fp32, 1 warm-up, 1 image (25
     patches) per inference batch; GPU batch 64, bf16, 3 warm-ups, 8 images
     per inference batch, 5 steps per repetition. Each (implementation, task)
-    runs in its own subprocess (with ``isolate=False`` one subprocess per
-    implementation runs both tasks, training first: quicker, but the
-    inference peak memory then includes training's). Returns the dict
-    written to ``bench.json``.
+    runs in its own long-lived subprocess; the training subprocesses of all
+    implementations run side by side (idle but one at a time), their
+    repetitions interleaved round by round, then likewise the inference ones
+    (with ``isolate=False`` one subprocess per implementation runs both
+    tasks: quicker, but the inference peak memory then includes training's).
+    Returns the dict written to ``bench.json``.
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be cpu or gpu, got {device!r}")
@@ -417,16 +420,18 @@ def run_bench(out_dir, backbone: str = "resnet50", batch_size: int | None = None
                   patch_size=int(patch_size), steps_per_rep=steps_per_rep, pipeline_images=int(pipeline_images),
                   implementations=list(implementations), seed=int(seed), isolate=bool(isolate))
     t0 = time.perf_counter()
-    results = {}
-    for impl in implementations:
-        results[impl] = {}
-        backend = {"keras-torch": "torch", "keras-jax": "jax"}.get(impl)
-        kind = "bench-keras" if backend else "bench-torch"
-        for tasks in ((["train"], ["infer"]) if isolate else (["train", "infer"],)):
-            if verbose:
-                print(f"bench: {impl} {'+'.join(tasks)} ...", file=sys.stderr, flush=True)
-            spec = dict(config, impl=f"{impl}-{'-'.join(tasks)}", tasks=tasks)
-            results[impl].update(_spawn(kind, spec, out, backend, device, timeout))
+    results = {impl: {} for impl in implementations}
+    for tasks in ((["train"], ["infer"]) if isolate else (["train", "infer"],)):
+        if verbose:
+            print(f"bench: {'+'.join(tasks)}: {', '.join(implementations)}, {reps} interleaved "
+                  f"rounds ...", file=sys.stderr, flush=True)
+        specs = {}
+        for impl in implementations:
+            backend = {"keras-torch": "torch", "keras-jax": "jax"}.get(impl)
+            kind = "bench-keras" if backend else "bench-torch"
+            specs[impl] = (kind, backend, dict(config, impl=f"{impl}-{'-'.join(tasks)}", tasks=tasks))
+        for impl, res in _bench_round_robin(specs, out, device, timeout, int(reps)).items():
+            results[impl].update(res)
     if verbose:
         print("bench: data pipeline ...", file=sys.stderr, flush=True)
     pipeline = pipeline_throughput(pipeline_images, patches_per_image, reps=max(5, int(reps)),
@@ -450,12 +455,17 @@ def _bench_ratios(results: dict) -> dict:
         for task, key in (("train", "patches_per_s"), ("infer", "images_per_s")):
             ours, ref = r[task].get(key), base[task].get(key)
             if ours and ref:
-                row[f"{task}_time_ratio"] = ref / ours  # > 1: slower than plain PyTorch
-                row[f"{task}_throughput_ratio"] = ours / ref
+                # Rounds are interleaved: compare each round with the baseline's
+                # same round, then take the median (robust to the machine's drift).
+                paired = [t / b for t, b in zip(r[task].get("times_s", []), base[task].get("times_s", []))]
+                ratio = _median(paired) if paired else ref / ours
+                row[f"{task}_time_ratio"] = ratio  # > 1: slower than plain PyTorch
+                row[f"{task}_throughput_ratio"] = 1.0 / ratio
+                row[f"{task}_time_ratio_of_medians"] = ref / ours
                 target = TARGETS.get(impl, {}).get(task)
                 if target is not None:
                     row[f"{task}_target"] = target
-                    row[f"{task}_target_met"] = bool(ref / ours <= target)
+                    row[f"{task}_target_met"] = bool(ratio <= target)
             ref_mem, our_mem = base[task].get("peak_rss_mib"), r[task].get("peak_rss_mib")
             if ref_mem and our_mem:
                 row[f"{task}_peak_rss_ratio"] = our_mem / ref_mem
@@ -471,7 +481,8 @@ def _bench_md(r: dict) -> str:
         f"`{c['backbone']}`, patch {c['patch_size']}, device {c['device']}, {c['precision']}, train batch "
         f"{c['batch_size']} ({c['steps_per_rep']} step(s) per repetition), inference {c['infer_images']} "
         f"image(s) x {c['patches_per_image']} patches per batch; median of {c['reps']} repetitions after "
-        f"{c['warmup']} warm-up(s); every figure in its own subprocess. "
+        f"{c['warmup']} warm-up(s); one subprocess per implementation and task, their repetitions "
+        f"interleaved round by round. "
         f"Load average at the end: {r['versions'].get('loadavg')}, {r['versions'].get('cpus')} CPUs.",
         "",
         "| implementation | train patches/s | train step (s) | train time ratio | infer images/s | "
@@ -495,8 +506,9 @@ def _bench_md(r: dict) -> str:
             f"{_fmt(inf['peak_rss_mib'], '.0f')} | {_fmt(tr.get('device_peak_mib'), '.0f')} / "
             f"{_fmt(inf.get('device_peak_mib'), '.0f')} |")
     p = r["pipeline"]
-    lines += ["", f"Time ratio: plain-PyTorch throughput / this throughput (1.10 = 10% slower). "
-              f"Compile / first-step times: " + ", ".join(
+    lines += ["", "Time ratio: the median over rounds of this implementation's time / plain PyTorch's "
+              "time in the same round (1.10 = 10% slower). "
+              "Compile / first-step times: " + ", ".join(
                   f"{impl} {_fmt(res['train'].get('first_step_s'), '.2f')} s"
                   for impl, res in r["results"].items()) + ".",
               "", "## Data pipeline", "",
@@ -533,29 +545,10 @@ def _inputs(spec, n):
     return x, y
 
 
-def _time_reps(fn, warmup, reps):
-    first = None
-    for i in range(warmup):
-        t = time.perf_counter()
-        fn()
-        if i == 0:
-            first = time.perf_counter() - t
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    if first is None and times:
-        first = times[0]
-    return first, times
-
-
-def _worker_bench_keras(spec):
-    import keras
-
-    backend = keras.backend.backend()
+def _setup_bench_keras(spec):
+    """``{task: (run, items)}`` for Keras on this process's backend."""
     model = _keras_model(spec)
-    out = {}
+    tasks = {}
     for task in spec["tasks"]:
         if task == "train":
             from keras_hyperiqa.training.optimizer import HyperAdam
@@ -566,24 +559,24 @@ def _worker_bench_keras(spec):
             optimizer.set_group_multiplier(model.hypernet_variables, 10.0)
             x, y = _inputs(spec, spec["batch_size"])
 
-            def run():
+            def run(trainer=trainer, x=x, y=y):
                 for _ in range(spec["steps_per_rep"]):
                     trainer.train_step(x, y)  # returns a float: waits for the step
-            n = spec["batch_size"] * spec["steps_per_rep"]
+            tasks[task] = (run, spec["batch_size"] * spec["steps_per_rep"])
         else:
             from keras_hyperiqa.training.trainer import Predictor
 
             predict = Predictor(model)
             x, _ = _inputs(spec, spec["infer_images"] * spec["patches_per_image"])
 
-            def run():
+            def run(predict=predict, x=x):
                 predict(x)  # numpy scores: waits for the forward
-            n = spec["infer_images"]
-        out[task] = _bench_result(spec, task, backend, run, n)
-    return out
+            tasks[task] = (run, spec["infer_images"])
+    return tasks
 
 
-def _worker_bench_torch(spec):
+def _setup_bench_torch(spec):
+    """``{task: (run, items)}`` for the plain-PyTorch baseline."""
     import torch
 
     from keras_hyperiqa.baseline import TorchHyperIQA, make_optimizer
@@ -602,14 +595,14 @@ def _worker_bench_torch(spec):
     def to_device(a):  # NHWC numpy from the data pipeline -> NCHW on the device
         return torch.from_numpy(a).to(dev, non_blocking=True).permute(0, 3, 1, 2)
 
-    out = {}
+    tasks = {}
     for task in spec["tasks"]:
         if task == "train":
-            model.train()
             optimizer = make_optimizer(model, lr=2e-5, lr_ratio=10.0, weight_decay=5e-4)
             x, y = _inputs(spec, spec["batch_size"])
 
-            def step():
+            def step(optimizer=optimizer, x=x, y=y):
+                model.train()
                 xt, yt = to_device(x), torch.from_numpy(y).to(dev)
                 optimizer.zero_grad(set_to_none=True)
                 loss = (forward(xt).float() - yt).abs().mean()
@@ -617,34 +610,158 @@ def _worker_bench_torch(spec):
                 optimizer.step()
                 return loss.item()  # what a training loop logs; waits for the step
 
-            def run():
+            def run(step=step):
                 for _ in range(spec["steps_per_rep"]):
                     step()
-            n = spec["batch_size"] * spec["steps_per_rep"]
+            tasks[task] = (run, spec["batch_size"] * spec["steps_per_rep"])
         else:
-            model.eval()
             x, _ = _inputs(spec, spec["infer_images"] * spec["patches_per_image"])
 
-            def run():
+            def run(x=x):
+                model.eval()
                 with torch.inference_mode():
                     forward(to_device(x)).float().cpu().numpy()
-            n = spec["infer_images"]
-        out[task] = _bench_result(spec, task, "torch", run, n)
-    return out
+            tasks[task] = (run, spec["infer_images"])
+    return tasks
 
 
-def _bench_result(spec, task, backend, run, n):
-    first, times = _time_reps(run, spec["warmup"], spec["reps"])
-    med = _median(times)
-    out = {"impl": spec["impl"], "task": task, "first_step_s": first, "times_s": times,
-           "peak_rss_mib": _peak_rss_mib(), "device_peak_mib": _device_peak_mib(backend)}
-    if task == "train":
-        out["step_time_s"] = med / spec["steps_per_rep"]
-        out["patches_per_s"] = n / med
-    else:
-        out["batch_time_s"] = med
-        out["images_per_s"] = n / med
-    return out
+def _serve_bench(kind, spec_path):
+    """A benchmark worker driven over stdin/stdout, so that the parent can
+    interleave the implementations' repetitions.
+
+    Sets up every task of the spec, runs its warm-ups (the first one timed as
+    the compile / first-step time), answers ``ready``, then for each
+    ``rep TASK`` line runs one timed repetition and answers its seconds; on
+    ``done`` answers the peak memory and exits. One JSON object per line on
+    the original stdout; everything else the libraries print goes to stderr.
+    """
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    spec = json.loads(Path(spec_path).read_text())
+    import keras_hyperiqa  # noqa: F401  (backend default, class registration)
+
+    backend = "torch" if kind == "bench-torch" else None
+    tasks = (_setup_bench_torch if kind == "bench-torch" else _setup_bench_keras)(spec)
+    if backend is None:
+        import keras
+
+        backend = keras.backend.backend()
+    first = {}
+    for task, (run, _) in tasks.items():
+        for i in range(max(1, spec["warmup"])):
+            t = time.perf_counter()
+            run()
+            if i == 0:
+                first[task] = time.perf_counter() - t
+    proto.write(json.dumps({"ready": True, "first_step_s": first,
+                            "items": {task: n for task, (_, n) in tasks.items()}}) + "\n")
+    for line in sys.stdin:
+        words = line.split()
+        if words[:1] == ["rep"]:
+            run = tasks[words[1]][0]
+            t = time.perf_counter()
+            run()
+            proto.write(json.dumps({"time_s": time.perf_counter() - t}) + "\n")
+        elif words[:1] == ["done"]:
+            break
+    proto.write(json.dumps({"peak_rss_mib": _peak_rss_mib(),
+                            "device_peak_mib": _device_peak_mib(backend)}) + "\n")
+    proto.close()
+
+
+class _BenchWorker:
+    """Parent side of :func:`_serve_bench`: one long-lived subprocess."""
+
+    def __init__(self, kind, spec, out_dir, backend, device, timeout):
+        self.name = spec["impl"]
+        self.timeout = timeout
+        spec_path = out_dir / f".{kind}-{self.name}.spec.json"
+        spec_path.write_text(json.dumps(spec))
+        self.spec_path = spec_path
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "keras_hyperiqa.bench", "--serve", kind, str(spec_path)],
+            env=_env(backend, device), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.log, text=True, bufsize=1)
+        self.ready = self._read()
+
+    def _read(self):
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.close(kill=True)
+            self.log.seek(0)
+            raise RuntimeError(f"{self.name} worker failed or timed out "
+                               f"(exit {self.proc.returncode}):\n{self.log.read()[-4000:]}")
+        return json.loads(line)
+
+    def rep(self, task):
+        self.proc.stdin.write(f"rep {task}\n")
+        self.proc.stdin.flush()
+        return self._read()["time_s"]
+
+    def finish(self):
+        self.proc.stdin.write("done\n")
+        self.proc.stdin.flush()
+        final = self._read()
+        self.close()
+        return final
+
+    def close(self, kill=False):
+        if kill and self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.spec_path.unlink(missing_ok=True)
+
+
+def _bench_round_robin(specs, out_dir, device, timeout, reps):
+    """Time ``reps`` repetitions of every (implementation, task), interleaved.
+
+    ``specs``: ``{impl: (kind, backend, spec)}``. The workers start one after
+    the other (each set-up and warm-up runs alone), then every round runs one
+    repetition of each implementation, the order rotating per round, so that
+    drifts of the machine's speed hit all implementations alike. Returns
+    ``{impl: {task: result}}``; each result keeps its per-round ``times_s``.
+    """
+    workers = {}
+    try:
+        for impl, (kind, backend, spec) in specs.items():
+            workers[impl] = _BenchWorker(kind, spec, out_dir, backend, device, timeout)
+        impls = list(specs)
+        times = {impl: {task: [] for task in specs[impl][2]["tasks"]} for impl in impls}
+        for r in range(reps):
+            for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
+                for task in times[impl]:
+                    times[impl][task].append(workers[impl].rep(task))
+        results = {}
+        for impl in impls:
+            worker = workers.pop(impl)
+            final = worker.finish()  # peak memory of this process (its tasks only)
+            spec = specs[impl][2]
+            results[impl] = {}
+            for task, ts in times[impl].items():
+                med = _median(ts)
+                n = worker.ready["items"][task]
+                out = {"impl": spec["impl"], "task": task, "times_s": ts,
+                       "first_step_s": worker.ready["first_step_s"][task],
+                       "peak_rss_mib": final["peak_rss_mib"],
+                       "device_peak_mib": final["device_peak_mib"]}
+                if task == "train":
+                    out["step_time_s"] = med / spec["steps_per_rep"]
+                    out["patches_per_s"] = n / med
+                else:
+                    out["batch_time_s"] = med
+                    out["images_per_s"] = n / med
+                results[impl][task] = out
+        return results
+    finally:
+        for worker in workers.values():
+            worker.close(kill=True)
 
 
 # --------------------------------------------------------------- data pipeline
@@ -744,15 +861,12 @@ def pipeline_throughput(images: int = 32, patches_per_image: int = 25, reps: int
 _WORKERS = {
     "compare-init": _worker_compare_init,
     "compare-run": _worker_compare_run,
-    "bench-keras": _worker_bench_keras,
-    "bench-torch": _worker_bench_torch,
 }
 
 
 def _worker_main(kind, spec_path):
     spec = json.loads(Path(spec_path).read_text())
-    if kind.startswith("bench-") or kind.startswith("compare-"):
-        import keras_hyperiqa  # noqa: F401  (backend default, class registration)
+    import keras_hyperiqa  # noqa: F401  (backend default, class registration)
     result = _WORKERS[kind](spec)
     Path(spec["result"]).write_text(json.dumps(result, default=_json_default))
 
@@ -760,6 +874,8 @@ def _worker_main(kind, spec_path):
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         _worker_main(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        _serve_bench(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: python -m keras_hyperiqa.bench --worker KIND SPEC.json "
+        sys.exit("usage: python -m keras_hyperiqa.bench --worker|--serve KIND SPEC.json "
                  "(use scripts/bench.py or scripts/compare_backends.py)")

@@ -45,8 +45,8 @@ FIX_NAMES = ("filter", "backbone-decay", "optimizer-reset")
 
 # The demo's quick profile: a small ResNet trained from scratch on the
 # embedded demo set, sized to finish in a few minutes on a 2-core CPU.
-# Measured (torch, 2-core CPU, seed 0): test SRCC 0.759 / PLCC 0.768 on the 105
-# held-out images, identical in two runs, 273 s and 211 s wall. The lr drops tenfold for the last epoch
+# Measured (torch, 2-core CPU, seed 0): test SRCC 0.747 / PLCC 0.777 on the 105
+# held-out images, identical in two runs, 181 s and 153 s wall. The lr drops tenfold for the last epoch
 # (decay_every=2): from-scratch training at the high rate ends noisy, the
 # decayed epoch settles it.
 QUICK_PROFILE = dict(

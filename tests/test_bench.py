@@ -94,6 +94,29 @@ def test_bench_script_tiny(tmp_path):
         assert text in md
 
 
+def test_bench_ratios_pair_rounds():
+    """Interleaved rounds: the ratio is the median of per-round ratios, so a
+    round where the whole machine was slow does not count against one side."""
+    from keras_hyperiqa.bench import _bench_ratios
+
+    def res(times, n=4):
+        t = sorted(times)[len(times) // 2]
+        return {"train": {"times_s": times, "patches_per_s": n / t, "peak_rss_mib": 1.0},
+                "infer": {"times_s": times, "images_per_s": 1 / t, "peak_rss_mib": 1.0}}
+
+    # the machine slows 2x in round 1 and 3x in round 2, for both alike
+    results = {"keras-torch": res([1.05, 2.1, 3.15]), "torch": res([1.0, 2.0, 3.0])}
+    ratios = _bench_ratios(results)["keras-torch"]
+    assert abs(ratios["train_time_ratio"] - 1.05) < 1e-9
+    assert abs(ratios["train_time_ratio_of_medians"] - 1.05) < 1e-9
+    assert ratios["train_target_met"] is True and ratios["infer_target_met"] is True
+    # a drift that only one side saw (not interleaved) shows in the ratio of medians only
+    results = {"keras-torch": res([1.05, 1.04, 1.06]), "torch": res([1.0, 0.5, 0.5])}
+    ratios = _bench_ratios(results)["keras-torch"]
+    assert abs(ratios["train_time_ratio"] - 2.08) < 1e-9
+    assert ratios["train_target_met"] is False
+
+
 def test_bench_script_help():
     proc = _run_script("bench.py", ["--help"], timeout=120)
     assert proc.returncode == 0 and "--device" in proc.stdout and "--backbone" in proc.stdout
