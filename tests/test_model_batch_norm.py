@@ -134,3 +134,31 @@ def test_torch_kernel_layout_changes_memory_order_only():
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
     for a, b in zip(vars_a, vars_b):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_torch_predictor_splits_large_batches_without_changing_scores():
+    from keras_hyperiqa.model.hyperiqa import HyperIQA
+    from keras_hyperiqa.training.trainer import Predictor
+
+    keras.utils.set_random_seed(0)
+    model = HyperIQA(backbone="resnet_tiny", patch_size=64)
+    model.build((None, 64, 64, 3))
+    x = np.random.default_rng(1).uniform(0, 255, (7, 64, 64, 3)).astype("float32")
+    whole = Predictor(model, max_batch=7)(x)
+    calls = []
+    original_call = model.call
+
+    def counting_call(inputs, *args, **kwargs):
+        calls.append(int(inputs.shape[0]))
+        return original_call(inputs, *args, **kwargs)
+
+    model.call = counting_call
+    try:
+        split = Predictor(model, max_batch=3)(x)
+    finally:
+        del model.call
+    assert calls == [3, 3, 1]
+    assert split.shape == (7,)
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="max_batch"):
+        Predictor(model, max_batch=0)

@@ -68,16 +68,25 @@ def use_torch_kernel_layout(variables):
 class Predictor:
     """Inference-mode scores for batches of patches, on torch or jax.
 
-    torch: a forward under ``torch.no_grad``; jax: a jit-compiled
-    ``stateless_call`` (compiled once per input shape), reading the model's
-    current variable values at every call.
+    torch: forwards under ``torch.no_grad`` of at most ``max_batch`` patches
+    at a time (default 8 on the CPU, 64 on a GPU): Keras's functional graph
+    keeps every intermediate tensor until a forward ends, ~150 MB per
+    ResNet-50 patch, so a 96-patch evaluation batch would need ~14 GB at
+    once; on the CPU 8-patch forwards were also faster (fewer page faults:
+    1.46 s against 1.70 s for 25 ResNet-50 patches). jax: a jit-compiled
+    ``stateless_call`` (compiled once per input shape; XLA frees
+    intermediates itself), reading the model's current variable values at
+    every call.
     """
 
-    def __init__(self, model, strategy=None):
+    def __init__(self, model, strategy=None, max_batch=None):
         self.model = model
         self.backend = keras.backend.backend()
         self._jax_fn = None
         self.strategy = strategy
+        if max_batch is not None and int(max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = None if max_batch is None else int(max_batch)
         if self.backend == "torch":
             use_torch_kernel_layout(model.variables)
 
@@ -86,9 +95,14 @@ class Predictor:
         if self.backend == "torch":
             import torch
 
+            x = ops.convert_to_tensor(x, dtype="float32")
+            step = self.max_batch or (8 if x.device.type == "cpu" else 64)
+            parts = []
             with torch.no_grad():
-                out = model(ops.convert_to_tensor(x, dtype="float32"), training=False)
-            out = ops.convert_to_numpy(ops.cast(out, "float32"))
+                for start in range(0, max(1, x.shape[0]), step):
+                    out = model(x[start:start + step], training=False)
+                    parts.append(ops.convert_to_numpy(ops.cast(out, "float32")).reshape(-1))
+            out = np.concatenate(parts)
         else:
             if self._jax_fn is None:
                 import jax
