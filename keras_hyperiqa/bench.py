@@ -691,10 +691,14 @@ class _BenchWorker:
         ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
-            self.close(kill=True)
+            if not ready:  # timed out: stop it
+                self.proc.kill()
+            self.close(keep_log=True)  # waits: the exit status is known after
             self.log.seek(0)
+            stderr = self.log.read()[-4000:]
+            self.log.close()
             raise RuntimeError(f"{self.name} worker failed or timed out "
-                               f"(exit {self.proc.returncode}):\n{self.log.read()[-4000:]}")
+                               f"(exit {self.proc.returncode}):\n{stderr}")
         return json.loads(line)
 
     def rep(self, task):
@@ -709,13 +713,16 @@ class _BenchWorker:
         self.close()
         return final
 
-    def close(self, kill=False):
+    def close(self, kill=False, keep_log=False):
         if kill and self.proc.poll() is None:
             self.proc.kill()
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        if not keep_log:
+            self.log.close()
         self.spec_path.unlink(missing_ok=True)
 
 

@@ -14,9 +14,9 @@ function whose backward pass is the closed form (Ioffe & Szegedy 2015):
     dx = gamma * rstd / n * (n * g - dbeta - xhat * dgamma)
 
 computed in four full passes with per-channel coefficients
-(``dx = a * g - (k * x - c)``). Batch statistics (mean and E[x^2] - mean^2,
-as Keras computes them) are taken outside the differentiated function: the
-closed form already carries their gradient. Same maths as Keras's layer, so
+(``dx = a * g - (k * x - c)``). Batch statistics (``ops.moments``, as
+Keras's layer computes them) are taken outside the differentiated function:
+the closed form already carries their gradient. Same maths as Keras's layer, so
 weights and checkpoints are interchangeable; ``keras.ops`` only.
 """
 
@@ -77,12 +77,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
         x = ops.cast(inputs, compute_dtype)
         axis = self.axis % len(x.shape)
         axes = tuple(i for i in range(len(x.shape)) if i != axis)
-        stats_input = ops.stop_gradient(x)
-        mean = ops.mean(stats_input, axis=axes, keepdims=True)
-        # E[x^2] - E[x]^2 as Keras's own moments (torch.var over non-trailing
-        # axes is ~8x slower on the CPU); clamped against round-off.
-        variance = ops.maximum(
-            ops.mean(ops.square(stats_input), axis=axes, keepdims=True) - ops.square(mean), 0.0)
+        # The batch statistics Keras's layer uses (ops.moments: E[x^2] - E[x]^2
+        # on torch, jnp.var on jax), clamped against round-off.
+        mean, variance = ops.moments(ops.stop_gradient(x), axes, keepdims=True)
+        variance = ops.maximum(variance, 0.0)
 
         momentum = self.momentum
         moving_mean = ops.cast(self.moving_mean, compute_dtype)
