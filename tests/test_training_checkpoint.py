@@ -195,3 +195,53 @@ def test_mixed_bfloat16_trains(tmp_path):
         history[0]["val_rmse"])
     assert all(not np.array_equal(a, _numpy(v))
                for a, v in zip(before, model.trainable_variables))
+
+
+def _two_layers(names, seed):
+    """Two Dense(4) layers of the same shape, created in the order of ``names``."""
+    rng = np.random.default_rng(seed)
+    model = keras.Sequential([keras.Input((4,))] + [keras.layers.Dense(4, name=n) for n in names],
+                             name="two_layers")
+    for v in model.variables:
+        v.assign(rng.normal(size=v.shape).astype("float32"))
+    opt = HyperAdam(learning_rate=1e-2)
+    opt.build(model.trainable_variables)
+    return model, opt
+
+
+def test_restore_goes_by_variable_path_not_position(tmp_path):
+    """A checkpoint of a model whose two same-shape layers come in the other
+    order restores each variable from its own path (by position they would
+    load swapped, silently); a model with another variable is refused."""
+    model, opt = _two_layers(["first", "second"], seed=0)
+    path = ckpt.save_checkpoint(tmp_path / "c.npz", model, opt, {"next_epoch": 1})
+    saved = {v.path.split("/", 1)[1]: _numpy(v) for v in model.variables}
+
+    swapped, swapped_opt = _two_layers(["second", "first"], seed=1)
+    assert swapped.variables[0].path.endswith("/second/kernel")
+    assert swapped_opt.name != opt.name  # numbered by Keras: paths are matched without it
+    ckpt.load_checkpoint(path, swapped, swapped_opt)
+    for v in swapped.variables:
+        np.testing.assert_array_equal(_numpy(v), saved[v.path.split("/", 1)[1]], err_msg=v.path)
+
+    other, other_opt = _two_layers(["first", "third"], seed=2)
+    before = [_numpy(v) for v in other.variables]
+    with pytest.raises(ckpt.CheckpointMismatch) as err:
+        ckpt.load_checkpoint(path, other, other_opt)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(path))
+    assert "variable third/kernel is not in it" in message
+    for v, b in zip(other.variables, before):  # nothing assigned
+        np.testing.assert_array_equal(_numpy(v), b)
+
+
+def test_checkpoint_without_variable_paths_is_refused(tmp_path):
+    import json
+
+    model, opt = _two_layers(["first", "second"], seed=0)
+    arrays = {f"model/{i}": _numpy(v) for i, v in enumerate(model.variables)}
+    arrays.update({f"optimizer/{i}": _numpy(v) for i, v in enumerate(opt.variables)})
+    arrays["state"] = np.frombuffer(json.dumps({"next_epoch": 1}).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    with pytest.raises(ckpt.CheckpointMismatch, match="no variable paths stored"):
+        ckpt.load_checkpoint(tmp_path / "old.npz", model, opt)

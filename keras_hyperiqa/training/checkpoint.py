@@ -8,7 +8,8 @@ One checkpoint is one ``.npz`` file holding
   moments, velocities, lr multipliers), in ``optimizer.variables`` order;
 * ``state``: JSON with the loop position (last completed 0-based epoch), the
   per-epoch history and any extra fields the caller adds, plus the variable
-  paths used to check that the checkpoint matches the model.
+  paths: restoring matches every variable to its saved array by path, so a
+  checkpoint of another model is refused instead of loaded by position.
 
 It is written to a temporary name in the same directory, flushed and fsynced,
 then moved into place with ``os.replace``, so a run killed at any moment
@@ -22,10 +23,12 @@ Directory layout written by :class:`CheckpointCallback`::
 
 import json
 import os
-import tempfile
 
 import keras
 import numpy as np
+
+from keras_hyperiqa.atomic import mkstemp
+from keras_hyperiqa.errors import UserError
 
 LAST = "last.npz"
 FORMAT_VERSION = 1
@@ -65,9 +68,7 @@ def save_checkpoint(path, model, optimizer, state):
     arrays["state"] = np.frombuffer(
         json.dumps(meta).encode("utf-8"), dtype=np.uint8
     )
-    fd, tmp = tempfile.mkstemp(
-        prefix=".tmp-" + os.path.basename(path) + "-", dir=directory
-    )
+    fd, tmp = mkstemp(directory, prefix=".tmp-" + os.path.basename(path) + "-")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -88,34 +89,87 @@ def read_state(path):
         return json.loads(data["state"].tobytes().decode("utf-8"))
 
 
-def load_checkpoint(path, model, optimizer):
-    """Restore model and optimizer variables in place; return the JSON state.
+class CheckpointMismatch(UserError, ValueError):
+    """The checkpoint was written by another model or optimizer (one line, naming a path)."""
 
-    The optimizer must already be built on ``model.trainable_variables``
-    (``Trainer`` does this on construction) so its variables exist.
+
+def _relative_paths(model_paths, optimizer_paths):
+    """Paths without the model's and optimizer's own names.
+
+    Keras numbers the names of later instances (``hyper_iqa_1/...``,
+    ``hyper_adam_1/hyper_iqa_1_..._momentum``), so a resumed process, or a
+    second round in the same process, names the same variables differently.
+    """
+    def head(paths):
+        return paths[0].split("/", 1)[0] if paths and "/" in paths[0] else None
+
+    model_name, optimizer_name = head(model_paths), head(optimizer_paths)
+
+    def strip(p, prefix):
+        return p[len(prefix):] if prefix and p.startswith(prefix) else p
+
+    model = [strip(p, f"{model_name}/") for p in model_paths]
+    optimizer = [strip(strip(p, f"{optimizer_name}/"), f"{model_name}_") for p in optimizer_paths]
+    return model, optimizer
+
+
+def _match_by_path(path, kind, variables, names, saved_paths, data):
+    """``[(variable, array)]`` pairing each variable with the saved array of its path."""
+    index = {}
+    for i, p in enumerate(saved_paths):
+        if p in index:
+            raise CheckpointMismatch(f"{path}: {kind} variable path {p} is stored twice")
+        index[p] = i
+    pairs, ours = [], set()
+    for v, name in zip(variables, names):
+        if name in ours:
+            raise CheckpointMismatch(f"{path}: this {kind} has two variables named {name}")
+        ours.add(name)
+        if name not in index:
+            raise CheckpointMismatch(
+                f"{path}: written by another {kind}: this {kind}'s variable {name} is not in it")
+        value = data[f"{kind}/{index[name]}"]
+        if tuple(value.shape) != tuple(v.shape):
+            raise CheckpointMismatch(
+                f"{path}: written by another {kind}: {kind} variable {name} has shape "
+                f"{tuple(value.shape)} there, {tuple(v.shape)} here")
+        pairs.append((v, value))
+    extra = [p for p in saved_paths if p not in ours]
+    if extra:
+        raise CheckpointMismatch(
+            f"{path}: written by another {kind}: its variable {extra[0]} is not in this {kind}")
+    return pairs
+
+
+def load_checkpoint(path, model, optimizer):
+    """Restore model and optimizer variables in place, by variable path; return the JSON state.
+
+    Every variable takes the array saved under its own ``path`` (the order of
+    ``model.variables`` may differ). The optimizer must already be built on
+    ``model.trainable_variables`` (``Trainer`` does this on construction) so
+    its variables exist.
 
     Raises:
-        ValueError: if the checkpoint's variable count or shapes do not match.
+        CheckpointMismatch: (a ``UserError`` and ``ValueError``) naming the
+            first variable path that is missing on either side or has another
+            shape; nothing is assigned then.
     """
     with np.load(os.fspath(path)) as data:
         state = json.loads(data["state"].tobytes().decode("utf-8"))
-        for kind, variables in (("model", model.variables),
-                                ("optimizer", optimizer.variables)):
-            n_saved = len(state[f"{kind}_paths"])
-            if n_saved != len(variables):
-                raise ValueError(
-                    f"Checkpoint {path} has {n_saved} {kind} variables, "
-                    f"this {kind} has {len(variables)}"
-                )
-            for i, v in enumerate(variables):
-                value = data[f"{kind}/{i}"]
-                if tuple(value.shape) != tuple(v.shape):
-                    raise ValueError(
-                        f"Checkpoint {path}: {kind} variable {i} "
-                        f"({state[f'{kind}_paths'][i]}) has shape "
-                        f"{value.shape}, expected {tuple(v.shape)}"
-                    )
-                v.assign(value)
+        if "model_paths" not in state or "optimizer_paths" not in state:
+            raise CheckpointMismatch(
+                f"{path}: no variable paths stored (an older checkpoint format), so it "
+                f"cannot be matched to this model; start the run again")
+        saved = _relative_paths(state["model_paths"], state["optimizer_paths"])
+        ours = _relative_paths([v.path for v in model.variables],
+                               [v.path for v in optimizer.variables])
+        pairs = []
+        for kind, variables, names, saved_paths in (
+                ("model", model.variables, ours[0], saved[0]),
+                ("optimizer", optimizer.variables, ours[1], saved[1])):
+            pairs += _match_by_path(path, kind, variables, names, saved_paths, data)
+        for v, value in pairs:
+            v.assign(value)
     return state
 
 
