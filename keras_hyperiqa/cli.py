@@ -3,7 +3,8 @@
 Only click and the standard library are imported at module level: keras (and
 keras-hub, which imports TensorFlow) load inside the commands, so ``--help``
 answers at once. Exit statuses: 0 success, 2 usage or input error (one line,
-no traceback), 1 internal error.
+no traceback), 1 internal error (a bug: one line, the traceback with
+``--debug`` or ``KERAS_HYPERIQA_DEBUG=1``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,25 @@ class InputError(click.ClickException):
     exit_code = 2
 
 
+DEBUG_ENV = "KERAS_HYPERIQA_DEBUG"
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as err:
             raise InputError(str(err)) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as err:  # a bug: exit 1, the traceback on request
+            if ctx.params.get("debug") or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            line = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            click.echo(f"Internal error (a bug, please report it): {type(err).__name__}"
+                       f"{': ' + line if line else ''}; rerun with --debug or {DEBUG_ENV}=1 "
+                       f"for the traceback", err=True)
+            ctx.exit(1)
 
 
 def _use_backend(backend):
@@ -67,7 +81,9 @@ backend_option = click.option(
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="keras-hyperiqa")
-def cli():
+@click.option("--debug", is_flag=True,
+              help=f"Show the traceback of an internal error (also {DEBUG_ENV}=1).")
+def cli(debug):
     """HyperIQA blind image quality assessment on Keras 3 (torch or jax).
 
     \b
@@ -157,6 +173,9 @@ def _fit_config(kw, out):
               help="Run directory [runs/demo or runs/<dataset>-<backbone>].")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Resume the run in this directory (its own options are used).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in --out (by default a run with other options is "
+                   "refused and one with the same options resumes).")
 @click.option("--distribute", is_flag=True,
               help="Data-parallel training. jax: over all local devices (multi-host after "
                    "keras.distribution.initialize, see README). torch: under torchrun, one process "
@@ -181,14 +200,14 @@ def fit(**kw):
     _setup_distribution(kw.pop("distribute"))
     from keras_hyperiqa import experiment
 
-    resume = kw.pop("resume")
+    resume, overwrite = kw.pop("resume"), kw.pop("overwrite")
     if resume:
-        experiment.fit(resume=resume)
+        experiment.fit(resume=resume, overwrite=overwrite)
         return
     out = kw.pop("out") or (f"runs/{kw['dataset']}-{kw['backbone'] or 'resnet50'}"
                             if kw["dataset"] else "runs/demo")
     config = _fit_config(kw, out)
-    experiment.fit(config)
+    experiment.fit(config, overwrite=overwrite)
 
 
 def _setup_distribution(distribute):

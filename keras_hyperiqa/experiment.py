@@ -228,7 +228,13 @@ def build_model(config, resize, short_side):
 
 
 def load_model_file(path):
-    """Load a ``.keras`` HyperIQA file with a one-line error for a bad file."""
+    """Load a ``.keras`` HyperIQA file.
+
+    What is the user's to fix is a one-line ``UserError``: a missing file, a
+    file that is not a ``.keras`` archive (not a zip, a damaged zip, no
+    ``config.json``) and the file of another model. Anything raised while
+    Keras rebuilds a HyperIQA file is a bug and propagates unchanged.
+    """
     import zipfile
 
     import keras
@@ -238,11 +244,21 @@ def load_model_file(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a readable .keras model (not a zip archive)")
     try:
-        model = keras.saving.load_model(path, compile=False)
-    except (ValueError, OSError, zipfile.BadZipFile, KeyError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a readable .keras model ({reason})") from None
+        with zipfile.ZipFile(path) as zf:
+            config = json.loads(zf.read("config.json"))
+            if zf.testzip() is not None:
+                raise zipfile.BadZipFile("a member fails its CRC check")
+    except KeyError:
+        raise UserError(f"{path}: not a readable .keras model (no config.json in the archive)") from None
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable .keras model (damaged archive: {err})") from None
+    name = config.get("registered_name") or config.get("class_name") if isinstance(config, dict) else None
+    if name not in ("keras_hyperiqa>HyperIQA", "HyperIQA"):
+        raise UserError(f"{path}: not a HyperIQA model ({name or 'unknown class'})")
+    model = keras.saving.load_model(path, compile=False)
     if not hasattr(model, "hypernet_variables"):
         raise UserError(f"{path}: not a HyperIQA model ({type(model).__name__})")
     return model
@@ -324,23 +340,35 @@ def epoch_summary(epoch, logs):
 
 
 # ----------------------------------------------------------------------- fit
-def fit(config: FitConfig | None = None, resume: str | None = None):
-    """Train (or resume) a run; returns the summary dict (also in summary.json)."""
+def fit(config: FitConfig | None = None, resume: str | None = None, overwrite: bool = False):
+    """Train (or resume) a run; returns the summary dict (also in summary.json).
+
+    A ``config`` whose ``out`` already holds a run resumes it when the options
+    are the same, and is refused (``UserError``) when they differ, unless
+    ``overwrite`` (the old run's files are deleted first). A finished run's
+    files are never rewritten.
+    """
     if resume is not None:
+        if overwrite:
+            raise UserError("--overwrite starts a new run; it cannot be combined with --resume")
         out = Path(resume)
         if not (out / "config.json").is_file():
             raise UserError(f"{resume}: not a run directory (no config.json)")
-        try:
-            saved = json.loads((out / "config.json").read_text())
-            config = FitConfig.from_json(saved["options"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{out / 'config.json'}: unreadable run config ({err})") from None
+        config = _saved_config(out)
         config.out = str(out)
     config = config or FitConfig()
     _check_config(config)
     _dist().check_batch_size(config.batch_size)  # [distributed] divides by the replicas
     out = Path(config.out)
     primary = _dist().is_primary()  # [distributed] only rank / process 0 writes files
+    if resume is None and (out / "config.json").is_file():
+        if overwrite:
+            if primary:
+                _remove_run_files(out)
+        else:
+            _refuse_other_options(config, out)
+            resume = str(out)  # the same options: a plain rerun continues the run
+    _dist().barrier()  # [distributed] every rank decided before rank 0 writes
     if primary:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -350,16 +378,18 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
 
     if config.precision == "bf16":
         keras.config.set_dtype_policy("mixed_bfloat16")
-    info = load_dataset(config, report_dir=out if primary else None)
+    info = load_dataset(config, report_dir=out if primary and resume is None else None)
     resize, short_side = resolved_resize(config, info)
     splits_path = out / "splits.json"
     if resume is not None and splits_path.is_file():
         splits = load_splits(splits_path, info)
+        _check_splits(config, splits)
     else:
         splits = make_round_splits(config, info)
+        _check_splits(config, splits)
         if primary:
             save_splits(splits_path, splits, info)
-    if primary:
+    if primary and resume is None:
         write_json(out / "config.json", {
             "options": config.to_json(),
             "resolved": {"dataset": info.name, "root": str(info.root), "images": len(info.records),
@@ -369,10 +399,68 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
             "versions": versions(),
         })
 
+    finished = all((out / "rounds" / f"r{s.round}" / "done.json").is_file() for s in splits)
     reports = []
     for split in splits:
         reports.append(_train_round(config, info, split, len(splits), resize, short_side, out))
+    if finished and (out / "summary.json").is_file():
+        summary = json.loads((out / "summary.json").read_text())  # finished before: kept as is
+        if config.verbose and _dist().is_primary():
+            print(f"held-out test SRCC {_fmt(summary.get('srcc'))}  PLCC {_fmt(summary.get('plcc'))}; "
+                  f"run directory: {out} (complete, unchanged)", flush=True)
+        return summary
     return _finish(config, out, reports)
+
+
+# Options that change neither the data, the model nor the numbers of a run.
+_RUN_NEUTRAL_OPTIONS = ("out", "verbose", "workers", "cache_mb")
+# The files a run writes in its directory (``--overwrite`` deletes these only).
+_RUN_FILES = ("config.json", "splits.json", "metrics.csv", "dropped.txt", "model.keras",
+              "summary.json", "curves.png", "scatter.png", "rounds")
+
+
+def _saved_config(out):
+    path = Path(out) / "config.json"
+    try:
+        return FitConfig.from_json(json.loads(path.read_text())["options"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: unreadable run config ({err})") from None
+
+
+def _refuse_other_options(config, out):
+    """UserError naming the first option that differs from the run in ``out``."""
+    try:
+        saved = _saved_config(out)
+    except UserError as err:
+        raise UserError(f"{err}; use another --out, or --overwrite to replace it") from None
+    ours = json.loads(json.dumps(config.to_json(), default=_json_default))
+    theirs = json.loads(json.dumps(saved.to_json(), default=_json_default))
+    for name in ours:
+        if name not in _RUN_NEUTRAL_OPTIONS and ours[name] != theirs.get(name):
+            raise UserError(
+                f"{out} holds a run with other options (--{name.replace('_', '-')} "
+                f"{_option_text(theirs.get(name))} there, {_option_text(ours[name])} here); "
+                f"use --resume {out} to continue it, another --out, or --overwrite to replace it")
+
+
+def _option_text(value):
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return "x".join(map(str, value)) if value and all(isinstance(v, int) for v in value) \
+            else ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def _remove_run_files(out):
+    import shutil
+
+    for name in _RUN_FILES:
+        path = Path(out) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _check_config(config):
@@ -386,6 +474,24 @@ def _check_config(config):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= config.val_fraction < 1:
         raise UserError("--val-fraction must be in [0, 1)")
+
+
+def _check_splits(config, splits):
+    """One-line errors, before any training, for splits the run could not score."""
+    for split in splits:
+        where = f"round {split.round + 1}: " if len(splits) > 1 else ""
+        n_train, n_val, n_test = len(split.train), len(split.val), len(split.test)
+        if n_train < 1:
+            raise UserError(f"{where}the training split is empty; the dataset is too small")
+        if config.val_fraction > 0 and n_val == 0:
+            raise UserError(f"{where}--val-fraction {config.val_fraction} leaves no validation image "
+                            f"({n_train} training images); use --val-fraction 0 (last epoch selected)")
+        if n_val == 1:
+            raise UserError(f"{where}the validation split has 1 image, correlations need at least 2; "
+                            f"raise --val-fraction (now {config.val_fraction}) or use --val-fraction 0")
+        if n_test < 2:
+            raise UserError(f"{where}the test split has {n_test} image(s), correlations need at least 2; "
+                            f"the dataset is too small")
 
 
 def _train_round(config, info, split, n_rounds, resize, short_side, out):

@@ -165,6 +165,50 @@ def test_bad_model_file(dataset, tmp_path):
     assert f"{model}: not a readable .keras model" in result.output
 
 
+def test_model_file_user_errors_are_one_line(tmp_path):
+    import zipfile
+
+    import keras
+
+    other = tmp_path / "other.keras"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]).save(other)
+    no_config = tmp_path / "no_config.keras"
+    with zipfile.ZipFile(no_config, "w") as zf:
+        zf.writestr("metadata.json", "{}")
+    for path, message in ((other, "not a HyperIQA model (Sequential)"),
+                          (no_config, "not a readable .keras model (no config.json in the archive)")):
+        result = _run(["predict", str(path), str(tmp_path)])
+        assert result.exit_code == 2, result.output
+        assert f"{path}: {message}" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_bug_inside_keras_is_not_reported_as_a_bad_file(run_dir, dataset, monkeypatch):
+    """A KeyError raised while Keras rebuilds a valid file is an internal error
+    (exit 1, the traceback with --debug or KERAS_HYPERIQA_DEBUG=1), not the
+    user's "not a readable .keras model"."""
+    import keras
+
+    out, _ = run_dir
+
+    def broken(*args, **kwargs):
+        raise KeyError("dtype_policy")
+
+    monkeypatch.setattr(keras.saving, "load_model", broken)
+    args = ["predict", str(out / "model.keras"), str(dataset / "img" / "00.png"), "--patches", "1"]
+    monkeypatch.delenv("KERAS_HYPERIQA_DEBUG", raising=False)
+    result = _run(args)
+    assert result.exit_code == 1, result.output
+    assert "not a readable" not in result.output
+    assert "Internal error" in result.stderr and "KeyError" in result.stderr
+    assert "--debug" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(KeyError, match="dtype_policy"):
+        _run(["--debug", *args])
+    monkeypatch.setenv("KERAS_HYPERIQA_DEBUG", "1")
+    with pytest.raises(KeyError, match="dtype_policy"):
+        _run(args)
+
+
 def test_invalid_dataset_stops_before_training_unless_skipped(dataset, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -183,6 +227,84 @@ def test_invalid_dataset_stops_before_training_unless_skipped(dataset, tmp_path)
     assert result.exit_code == 0, result.output
     dropped = (tmp_path / "r2" / "dropped.txt").read_text()
     assert "abc" in dropped and "missing.png" in dropped
+
+
+def _files(out):
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_fit_into_a_finished_run_refuses_other_options_and_resumes_the_same(run_dir, dataset, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir[0], out)
+    before = _files(out)
+    same = ["fit", "--dataset", "csv", "--root", str(dataset), "--out", str(out), "--val-fraction", "0.2", *TINY]
+    result = _run([*same, "--seed", "1"])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "--seed 0 there, 1 here" in line
+    assert f"--resume {out}" in line and "another --out" in line and "--overwrite" in line
+    assert _files(out) == before  # nothing rewritten, config.json and splits.json included
+    # The same options again: a resume of a finished run, which leaves every file as it was.
+    result = _run(same)
+    assert result.exit_code == 0, result.output
+    assert "already complete" in result.output and "unchanged" in result.output
+    assert _files(out) == before
+    # --overwrite replaces the run.
+    result = _run([*same, "--seed", "1", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["options"]["seed"] == 1
+    assert json.loads((out / "splits.json").read_text())["splits"][0]["seed"] == 1
+    assert "already complete" not in result.output
+
+
+def test_run_directory_files_follow_the_umask(run_dir):
+    out, _ = run_dir
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert {"config.json", "splits.json", "metrics.csv", "summary.json", "model.keras", "rounds/r0/last.npz",
+            "rounds/r0/history.csv", "rounds/r0/test_predictions.csv"} <= set(modes)
+    assert modes == {name: 0o666 & ~mask for name in modes}
+
+
+def test_atomic_writers_give_the_umask_mode(tmp_path):
+    from keras_hyperiqa.atomic import write_atomic
+    from keras_hyperiqa.training import checkpoint as ckpt
+    from keras_hyperiqa.training.optimizer import HyperAdam
+    from keras_hyperiqa.training.testing import TinyIQA
+
+    model, opt = TinyIQA(), HyperAdam()
+    opt.build(model.trainable_variables)
+    mask = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.json", "{}")
+        ckpt.save_checkpoint(tmp_path / "last.npz", model, opt, {})
+    finally:
+        os.umask(mask)
+    for name in ("a.json", "last.npz"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_a_split_too_small_to_score_stops_before_training(tmp_path):
+    root = tmp_path / "small"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(10):  # no ref column: every image its own group; val = 10% of 8 = 1 image
+        img = np.full((240, 240, 3), 20 * i, np.uint8)
+        Image.fromarray(img).save(root / f"img/{i}.png")
+        rows.append((f"img/{i}.png", 10 * i))
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "label"), *rows])
+    out = tmp_path / "run"
+    result = _run(["fit", "--dataset", "csv", "--root", str(root), "--out", str(out), *TINY])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "validation split has 1 image, correlations need at least 2" in result.output
+    assert "--val-fraction 0" in result.output
+    assert not (out / "rounds").exists() and not (out / "config.json").exists()
 
 
 def test_help_does_not_import_keras():

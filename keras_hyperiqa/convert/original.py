@@ -8,10 +8,10 @@ one of those keys: (our variable, their key, transform).
 """
 
 import os
-import tempfile
 
 import numpy as np
 
+from keras_hyperiqa.atomic import mkstemp
 from keras_hyperiqa.convert.state_dict import WeightTable, read_state_dict
 from keras_hyperiqa.errors import UserError
 
@@ -108,7 +108,7 @@ def convert_original_checkpoint(src, dst, resize=KONIQ_RESIZE):
 def save_model_atomic(model, dst):
     """``model.save(dst)`` through a temporary file in the same folder, then rename."""
     folder = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix=".tmp-", dir=folder)
+    fd, tmp = mkstemp(folder, prefix=".tmp-", suffix=".keras")
     os.close(fd)
     try:
         model.save(tmp)

@@ -33,12 +33,12 @@ import csv
 import io
 import math
 import os
-import tempfile
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_hyperiqa.atomic import mkstemp
 from keras_hyperiqa.training import checkpoint as ckpt
 from keras_hyperiqa.training.metrics import aggregate_by_image, iqa_metrics
 from keras_hyperiqa.training.optimizer import HyperAdam
@@ -474,7 +474,7 @@ class HistoryCSVLogger(keras.callbacks.Callback):
             writer.writerow(row)
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-csv-", dir=directory)
+        fd, tmp = mkstemp(directory, prefix=".tmp-csv-")
         try:
             with os.fdopen(fd, "w", newline="") as f:
                 f.write(buffer.getvalue())
