@@ -65,6 +65,7 @@ def save_checkpoint(path, model, optimizer, state):
     meta["format_version"] = FORMAT_VERSION
     meta["model_paths"] = [v.path for v in model.variables]
     meta["optimizer_paths"] = [v.path for v in optimizer.variables]
+    meta["model_name"], meta["optimizer_name"] = model.name, optimizer.name
     arrays["state"] = np.frombuffer(
         json.dumps(meta).encode("utf-8"), dtype=np.uint8
     )
@@ -93,17 +94,20 @@ class CheckpointMismatch(UserError, ValueError):
     """The checkpoint was written by another model or optimizer (one line, naming a path)."""
 
 
-def _relative_paths(model_paths, optimizer_paths):
+def _relative_paths(model_paths, optimizer_paths, model_name=None, optimizer_name=None):
     """Paths without the model's and optimizer's own names.
 
-    Keras numbers the names of later instances (``hyper_iqa_1/...``,
-    ``hyper_adam_1/hyper_iqa_1_..._momentum``), so a resumed process, or a
-    second round in the same process, names the same variables differently.
+    Keras numbers the names of later instances (``hyper_iqa_1/lda1/...``,
+    ``hyper_adam_1/hyper_iqa_1_lda1_..._momentum``), so a resumed process, or
+    a second round in the same process, names the same variables differently.
+    Without a stored name, the most common first path component is the name.
     """
-    def head(paths):
-        return paths[0].split("/", 1)[0] if paths and "/" in paths[0] else None
+    def most_common_head(paths):
+        heads = [p.split("/", 1)[0] for p in paths if "/" in p]
+        return max(set(heads), key=heads.count) if heads else None
 
-    model_name, optimizer_name = head(model_paths), head(optimizer_paths)
+    model_name = model_name or most_common_head(model_paths)
+    optimizer_name = optimizer_name or most_common_head(optimizer_paths)
 
     def strip(p, prefix):
         return p[len(prefix):] if prefix and p.startswith(prefix) else p
@@ -160,9 +164,10 @@ def load_checkpoint(path, model, optimizer):
             raise CheckpointMismatch(
                 f"{path}: no variable paths stored (an older checkpoint format), so it "
                 f"cannot be matched to this model; start the run again")
-        saved = _relative_paths(state["model_paths"], state["optimizer_paths"])
+        saved = _relative_paths(state["model_paths"], state["optimizer_paths"],
+                                state.get("model_name"), state.get("optimizer_name"))
         ours = _relative_paths([v.path for v in model.variables],
-                               [v.path for v in optimizer.variables])
+                               [v.path for v in optimizer.variables], model.name, optimizer.name)
         pairs = []
         for kind, variables, names, saved_paths in (
                 ("model", model.variables, ours[0], saved[0]),
