@@ -182,7 +182,7 @@ def make_iqa_images(folder, n_scenes: int = 2, size: int = 256, seed: int = 0):
 # --------------------------------------------------------------- compare
 
 def compare_backends(out_dir, backbone: str = "resnet_tiny", epochs: int = 1, batch_size: int = 8,
-                     seed: int = 0, tolerance: float = 1e-5, patch_size: int = 224, scenes: int = 3,
+                     seed: int = 0, tolerance: float | None = None, patch_size: int = 224, scenes: int = 3,
                      image_size: int = 256, train_patches: int = 2, test_patches: int = 1,
                      parity_patches: int = 8, lr: float = 5e-4, lr_ratio: float = 4.0,
                      backends=("torch", "jax"), device: str = "cpu", timeout: float = 3600,
@@ -195,7 +195,9 @@ def compare_backends(out_dir, backbone: str = "resnet_tiny", epochs: int = 1, ba
     of ``scenes`` scenes (the last scene held out for testing), through
     ``PatchDataset`` (deterministic in the seed). Returns the dict written to
     ``comparison.json``; ``parity_ok`` says whether the forward scores agree
-    within ``tolerance`` (max abs difference over the max abs score).
+    within ``tolerance`` (max abs difference over the max abs score); by
+    default the float32 bound of the model's reduction length
+    (:func:`keras_hyperiqa.numerics.forward_tolerance`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +210,8 @@ def compare_backends(out_dir, backbone: str = "resnet_tiny", epochs: int = 1, ba
                   patch_size=int(patch_size), train_patches=int(train_patches),
                   test_patches=int(test_patches), parity_patches=int(parity_patches), lr=float(lr),
                   lr_ratio=float(lr_ratio), train_images=len(train_items), test_images=len(test_items),
-                  tolerance=float(tolerance), device=device, backends=list(backends))
+                  tolerance=None if tolerance is None else float(tolerance), device=device,
+                  backends=list(backends))
     spec = dict(config, train_items=train_items, test_items=test_items,
                 weights=str(out / "init.weights.h5"), patches=str(out / "parity_patches.npz"))
     t0 = time.perf_counter()
@@ -223,6 +226,10 @@ def compare_backends(out_dir, backbone: str = "resnet_tiny", epochs: int = 1, ba
             print(f"compare: running {backend} ...", file=sys.stderr, flush=True)
         runs[backend] = _spawn("compare-run", dict(spec, impl=backend, init=init_in_run and i == 0),
                                out, backend, device, timeout)
+    if tolerance is None:
+        from keras_hyperiqa.numerics import forward_tolerance
+
+        tolerance = config["tolerance"] = forward_tolerance(runs[backends[0]]["reduction_length"])
     result = {"config": config, "versions": _versions(), "backends": runs}
     result.update(_compare_results(runs, list(backends), tolerance))
     result["wall_s"] = time.perf_counter() - t0
@@ -277,7 +284,7 @@ def _comparison_md(r: dict) -> str:
     ]
     for pair, p in r["parity"].items():
         lines.append(f"| {pair} | {p['patches']} | {p['max_abs_diff']:.3g} | {p['max_rel_diff']:.3g} | "
-                     f"{p['tolerance']:.0e} | {'yes' if p['ok'] else '**NO**'} |")
+                     f"{p['tolerance']:.2g} | {'yes' if p['ok'] else '**NO**'} |")
     lines += ["", "Relative difference: max |difference| / max |reference score|.", "",
               "## Training, per epoch", ""]
     head = ["epoch"] + [f"{b} {k}" for k in ("loss", "SRCC", "PLCC") for b in backends]
@@ -371,8 +378,11 @@ def _worker_compare_run(spec):
     history = trainer.fit(train, spec["epochs"], test=test, callbacks=[schedule, Timing()], verbose=0)
     steady = timer.times[1:] or timer.times
     step = _median(steady)
+    from keras_hyperiqa.numerics import reduction_length
+
     return {
         "backend": backend,
+        "reduction_length": reduction_length(model),
         "scores": [float(s) for s in scores],
         "history": [{k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in h.items()}
                     for h in history],

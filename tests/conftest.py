@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 # The suite runs on the torch backend in-process; jax checks run in subprocesses.
@@ -26,3 +27,34 @@ def run_backend(backend, code, timeout=600):
 @pytest.fixture
 def backend_runner():
     return run_backend
+
+
+def state_difference(a, b, optimizer_paths, skip=(), beta_2=0.999):
+    """The largest difference between two training states, relative to each quantity's size.
+
+    ``a``/``b``: dicts of arrays; ``o<i>`` is optimizer variable ``i``
+    (``optimizer_paths[i]``), any other key a weight, loss or metric, measured
+    against ``max |a[key]|``. Adam's first moment may cancel to near zero while
+    its gradients do not, so it is measured against the largest gradient its
+    second moment implies (``sqrt(max v / (1 - beta_2))``); the second moment,
+    a sum of squares, against its own size, with twice the gradient's relative
+    error. Compare the result with ``keras_hyperiqa.numerics.training_tolerance``.
+    """
+    assert sorted(a) == sorted(b)
+    assert len(optimizer_paths) == sum(k.startswith("o") and k[1:].isdigit() for k in a)
+    worst = 0.0
+    for k in a:
+        if k in skip:
+            continue
+        x, y = np.asarray(a[k], np.float64), np.asarray(b[k], np.float64)
+        scale, weight = (float(np.max(np.abs(x))) if x.size else 0.0), 1.0
+        if k.startswith("o") and k[1:].isdigit():
+            path = optimizer_paths[int(k[1:])]
+            if path.endswith("_momentum"):
+                v = a[f"o{optimizer_paths.index(path[:-len('_momentum')] + '_velocity')}"]
+                scale = float(np.sqrt(np.max(np.asarray(v, np.float64)) / (1 - beta_2)))
+            elif path.endswith("_velocity"):
+                weight = 0.5
+        diff = float(np.max(np.abs(x - y))) if x.size else 0.0
+        worst = max(worst, weight * diff / scale if scale > 0 else diff)
+    return worst

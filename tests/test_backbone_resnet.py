@@ -11,6 +11,7 @@ from conftest import run_backend
 from keras_hyperiqa.convert.backbone import load_backbone_weights
 from keras_hyperiqa.errors import UserError
 from keras_hyperiqa.model.hyperiqa import HyperIQA
+from keras_hyperiqa.numerics import forward_tolerance, reduction_length
 
 timm = pytest.importorskip("timm")
 
@@ -62,6 +63,13 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def _rtol(model):
+    """Float32 error growth over the ResNet-50 backbone's kernels (keras_hyperiqa.numerics:
+    4 sqrt(2 n) 2**-24 of each stage's largest value, n ~ 53k: 7.8e-5). A wrong weight
+    layout or a skipped batch norm moves the features by 1e-2 and more."""
+    return forward_tolerance(reduction_length(model.backbone))
+
+
 @pytest.mark.parametrize("source", ["resnet50.pth", "timm_dir"])
 def test_stage_outputs_match_timm_torch(timm_resnet, source):
     model = HyperIQA(backbone="resnet50")
@@ -69,7 +77,8 @@ def test_stage_outputs_match_timm_torch(timm_resnet, source):
     stages = model.stage_features(timm_resnet["x"])
     for ours, ref in zip(stages, timm_resnet["ref"]):
         assert tuple(ours.shape) == ref.shape
-        assert _rel(np.asarray(ours.detach()), ref) <= 1e-4
+        print(f"torch stage rel {_rel(np.asarray(ours.detach().cpu()), ref):.2e}")
+        assert _rel(np.asarray(ours.detach().cpu()), ref) <= _rtol(model)
 
 
 def test_stage_outputs_match_timm_jax(timm_resnet):
@@ -84,8 +93,10 @@ def test_stage_outputs_match_timm_jax(timm_resnet):
             np.save({str(d)!r} + f"/jax{{i}}.npy", np.asarray(f))
     """
     run_backend("jax", code)
+    model = HyperIQA(backbone="resnet50")
     for i, ref in enumerate(timm_resnet["ref"]):
-        assert _rel(np.load(d / f"jax{i}.npy"), ref) <= 1e-4
+        print(f"jax stage {i + 1} rel {_rel(np.load(d / f'jax{i}.npy'), ref):.2e}")
+        assert _rel(np.load(d / f"jax{i}.npy"), ref) <= _rtol(model)
 
 
 def test_wrong_architecture_is_a_clear_error(timm_resnet):

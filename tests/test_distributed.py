@@ -11,7 +11,7 @@ What is asserted to be equal, and how:
 * torch, 2 processes on 127.0.0.1 with gloo (the environment torchrun sets):
   the same run, TinyIQA *without* BatchNorm (per-rank BN is documented to
   differ), vs one process on the same global batches: every variable within
-  1e-5; rank 0 and rank 1 bit-identical, also with BatchNorm.
+  TOLERANCE; rank 0 and rank 1 bit-identical, also with BatchNorm.
 * torch, ``torchrun --nproc-per-node 2 -m keras_hyperiqa fit``: the run
   directory is complete, metrics.csv has one row per epoch, and rank 1 made
   no write, rename, mkdir or delete under it (audit hook); then a resume
@@ -28,6 +28,11 @@ import subprocess
 import sys
 
 import numpy as np
+
+from keras_hyperiqa.numerics import training_tolerance
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import state_difference  # noqa: E402
 
 HERE = os.path.abspath(__file__)
 EPOCHS = 3
@@ -61,16 +66,23 @@ def scenario(batchnorm, strategy=None):
     assert [id(v) for v in opt.variables] == slot_ids  # never rebuilt
     out = {f"w{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.variables)}
     out.update({f"o{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(opt.variables)})
+    out["opt_paths"] = np.array([v.path for v in opt.variables])
     for key in ("loss", "train_srcc", "val_srcc", "hypernet_lr", "backbone_lr"):
         out[key] = np.array([row[key] for row in history])
     out["iterations"] = np.array(int(keras.ops.convert_to_numpy(opt.iterations)))
     return out
 
 
+# TinyIQA's reduction length (kernels 48x8, 8x6, 6x1: 48 + 8 + 6), the global batch and the
+# steps of scenario(): float32 error growth over 12 Adam steps of a 62-long network
+# (keras_hyperiqa.numerics: T * 4 sqrt(2 (3 n + batch)) * 2**-24, about 5.6e-5 of each
+# quantity's size). A real data-parallel bug (per-replica BatchNorm statistics, a
+# gradient summed instead of averaged, a dropped shard) moves the weights by 1e-3 and more.
+TOLERANCE = training_tolerance(62, steps=4 * EPOCHS, batch=4)
+
+
 def _max_diff(a, b):
-    assert sorted(a) == sorted(b)
-    return max(float(np.max(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64))))
-               for k in a)
+    return state_difference(a, b, [str(p) for p in a["opt_paths"]], skip=("opt_paths",))
 
 
 # ------------------------------------------------------------------ workers
@@ -155,7 +167,8 @@ def test_jax_data_parallel_equals_single_device(tmp_path):
     data = np.load(path)
     assert int(data["iterations"]) == 4 * EPOCHS
     assert data["hypernet_lr"].tolist() == [1e-1, 1e-1, 1e-2]  # the schedule ran
-    assert float(data["diff"]) < 1e-5, float(data["diff"])
+    print(f"\njax 2 devices vs 1: {float(data['diff']):.2e} relative (bound {TOLERANCE:.2e})")
+    assert float(data["diff"]) < TOLERANCE, (float(data["diff"]), TOLERANCE)
 
 
 def _torchrun(args, timeout=300):
@@ -178,7 +191,8 @@ def test_torch_two_ranks_equal_single_process(tmp_path):
         np.testing.assert_array_equal(ranks[0][key], ranks[1][key], err_msg=key)
     plain = {k[len("plain_"):]: v for k, v in ranks[0].items() if k.startswith("plain_")}
     assert int(plain["iterations"]) == 4 * EPOCHS
-    assert _max_diff(single, plain) < 1e-5, _max_diff(single, plain)
+    print(f"\ntorch 2 ranks vs 1 process: {_max_diff(single, plain):.2e} relative (bound {TOLERANCE:.2e})")
+    assert _max_diff(single, plain) < TOLERANCE, (_max_diff(single, plain), TOLERANCE)
 
 
 def _tiny_dataset(root):

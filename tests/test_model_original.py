@@ -15,6 +15,7 @@ from keras_hyperiqa.convert.original import (
     load_original_checkpoint,
 )
 from keras_hyperiqa.errors import UserError
+from keras_hyperiqa.numerics import forward_tolerance, reduction_length
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,15 @@ def _scores(model, x):
     return np.asarray(model(x, training=False).detach().cpu())
 
 
+def _bound(model, implementations):
+    """Largest score difference float32 rounding explains (keras_hyperiqa.numerics):
+    4 sqrt(k n) 2**-24 of the largest score, n = the ResNet-50 HyperIQA's summed reduction
+    lengths (about 67k: 8.7e-5 relative for two float32 runs, k = 2; 6.2e-5 against the
+    float64 reference, k = 1). A wrong flatten order or a skipped batch norm moves the
+    scores by 1e-3 and more of their size."""
+    return forward_tolerance(reduction_length(model), implementations)
+
+
 def test_parameter_groups_match_reference(original):
     model = original["model"]
     size = lambda vs: sum(int(np.prod(v.shape)) for v in vs)  # noqa: E731
@@ -51,9 +61,8 @@ def test_parameter_groups_match_reference(original):
 def test_converted_scores_equal_reference_torch(original):
     ours = _scores(original["model"], original["x"])
     ref = original["ref"]
-    spread = ref.max() - ref.min()
-    assert spread > 0
-    assert np.abs(ours - ref).max() <= 1e-4 * spread
+    assert ref.max() - ref.min() > 0
+    assert np.abs(ours - ref).max() <= _bound(original["model"], 1) * np.abs(ref).max()
     assert original["model"].resize == KONIQ_RESIZE
 
 
@@ -70,9 +79,11 @@ def test_converted_file_scores_equal_reference_jax_and_torch(original):
     assert out.strip() == "(512, 384)"
     jax_scores = np.load(original["dir"] / "jax_scores.npy")
     ref = original["ref"]
-    assert np.abs(jax_scores - ref).max() <= 1e-4 * (ref.max() - ref.min())
+    assert np.abs(jax_scores - ref).max() <= _bound(original["model"], 1) * np.abs(ref).max()
     torch_scores = _scores(original["model"], original["x"])
-    assert np.abs(jax_scores - torch_scores).max() <= 1e-5 * np.abs(torch_scores).max()
+    print(f"\njax vs torch: {np.abs(jax_scores - torch_scores).max():.3g} on scores up to "
+          f"{np.abs(torch_scores).max():.3g}; bound {_bound(original['model'], 2):.3g} relative")
+    assert np.abs(jax_scores - torch_scores).max() <= _bound(original["model"], 2) * np.abs(torch_scores).max()
 
 
 def test_jax_saved_model_loads_under_torch(original, tmp_path):
@@ -88,7 +99,7 @@ def test_jax_saved_model_loads_under_torch(original, tmp_path):
     loaded = keras.saving.load_model(jax_file)
     ours = _scores(loaded, original["x"])
     ref = _scores(original["model"], original["x"])
-    assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert np.abs(ours - ref).max() <= _bound(original["model"], 2) * np.abs(ref).max()
 
 
 def test_wrapped_state_dict_is_accepted(original, tmp_path):

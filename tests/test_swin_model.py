@@ -21,6 +21,7 @@ import keras  # noqa: E402
 from conftest import run_backend  # noqa: E402
 from keras_hyperiqa.convert.backbone import load_backbone_weights  # noqa: E402
 from keras_hyperiqa.model.hyperiqa import IMAGENET_MEAN, IMAGENET_STD, HyperIQA  # noqa: E402
+from keras_hyperiqa.numerics import forward_tolerance, reduction_length  # noqa: E402
 from keras_hyperiqa.training import HyperAdam, Trainer  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
@@ -253,7 +254,8 @@ def test_timm_weights_into_model(x, tmp_path):
         rels.append(float(np.abs(o - r).max() / np.abs(r).max()))
     print("\nstage_features vs timm features_only, max rel per stage:",
           ", ".join(f"{r:.1e}" for r in rels))
-    assert max(rels) <= 1e-4
+    # Float32 error growth over Swin-T's kernels (keras_hyperiqa.numerics, two float32 runs).
+    assert max(rels) <= forward_tolerance(reduction_length(model.backbone))
     # The (unused, frozen) final norm took timm's values too.
     np.testing.assert_array_equal(_np(model.backbone.get_layer("norm").weights[0]),
                                   sd["norm.weight"].numpy())
@@ -272,7 +274,9 @@ def test_torch_file_under_jax_scores_and_trains(multi):
             for k in ("scores", "train_scores")]
     print(f"\njax vs torch scores (multiscale, loaded file): rel {rels[0]:.2e}; "
           f"jax train-step forward: rel {rels[1]:.2e}")
-    assert max(rels) <= 1e-5
+    # Float32 error growth over the multi-scale Swin-T HyperIQA's kernels
+    # (keras_hyperiqa.numerics: 4 sqrt(2 n) 2**-24 of the largest score, n ~ 46k).
+    assert max(rels) <= forward_tolerance(reduction_length(multi["model"]))
     assert result["n_weights"] == result["n_unique"] == 208
     assert (result["backbone"], result["hypernet"]) == (27_714_138, 1_609_449)
     assert result["disjoint"] and result["cover"]
