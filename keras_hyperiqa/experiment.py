@@ -474,6 +474,8 @@ def _check_config(config):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= config.val_fraction < 1:
         raise UserError("--val-fraction must be in [0, 1)")
+    if config.init and not os.path.isfile(config.init):
+        raise UserError(f"{config.init}: no such model file (--init)")
 
 
 def _check_splits(config, splits):

@@ -138,6 +138,7 @@ def test_evaluate_writes_metrics_and_per_image_csv(run_dir, dataset, tmp_path):
     (["fit", "--resize", "12"], "--resize '12': expected HxW"),
     (["fit", "--test-patches", "5"], "must be a square number"),
     (["fit", "--epochs", "0"], "--epochs must be at least 1"),
+    (["fit", "--init", "/nonexistent/model.keras", "--out", "/nonexistent/run"], "no such model file (--init)"),
     (["fit", "--resume", "/nonexistent/run"], "not a run directory"),
     (["convert", "/nonexistent/koniq_pretrained.pkl", "out.keras"], "no such file"),
     (["evaluate", "/nonexistent/model.keras", "--dataset", "csv", "--root", "/tmp"], "no such model file"),
