@@ -14,8 +14,10 @@
                        optimistic best-test-epoch numbers, labelled as such
     curves.png, scatter.png
 
-Every file is written atomically (temporary name, then rename); a killed run
-resumes from its last completed epoch with ``fit(resume=DIR)``.
+Every file is written atomically (temporary name, then rename) with the
+umask's mode; a killed run resumes from its last completed epoch with
+``fit(resume=DIR)``, or ``fit(config)`` with the same options (other options
+are refused unless ``overwrite``).
 """
 
 from __future__ import annotations
