@@ -420,13 +420,15 @@ class Prefetcher:
             self._stop.set()
 
 
-def prefetch(batches, depth: int = 2, transform=None):
+def prefetch(batches, depth: int = 2, transform=None, waits: list | None = None):
     """Yield the items of ``batches``, prepared ``depth`` ahead in a background thread.
 
     A generator over a :class:`Prefetcher` that stops the producer however
     the consumer ends (exhausted, ``break``, an exception or
-    ``KeyboardInterrupt``). See :class:`Prefetcher` for the guarantees;
-    use the class directly to read its ``waits``.
+    ``KeyboardInterrupt``). See :class:`Prefetcher` for the guarantees.
+    ``waits``: a list that receives the consumer's wait for each item.
     """
     with Prefetcher(batches, depth, transform) as items:
+        if waits is not None:
+            items.waits = waits
         yield from items

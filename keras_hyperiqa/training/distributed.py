@@ -193,7 +193,8 @@ class TorchDataParallel:
         """Global-batch-mean gradients and loss from this rank's local ones.
 
         ``grads``/``loss`` are means over this rank's ``count`` patches.
-        Returns ``(grads, loss, total_count)``; every rank gets the same.
+        Returns ``(grads, loss, total_count)``, ``loss`` and ``total_count``
+        as 0-d tensors on the gradients' device; every rank gets the same.
         """
         import torch
 
@@ -212,8 +213,9 @@ class TorchDataParallel:
             flat = torch.cat(parts)
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flats.append(flat)
-        total = float(flats[-1][-1])
-        global_loss = float(flats[-1][-2]) / total
+        # device scalars: reading them would wait for the step
+        total = flats[-1][-1]
+        global_loss = flats[-1][-2] / total
         for idx, flat in zip(buckets, flats):
             offset = 0
             for i in idx:

@@ -1,0 +1,154 @@
+"""The training loop on an accelerator: host syncs per step and batch prefetch.
+
+On a GPU every read of a device value by the host (``.item()``,
+``float(t)``, ``.cpu()``, ``np.asarray(t)``, ...) waits until the device has
+run everything queued so far, so a loop that reads the loss after each step
+cannot queue step t+1 while step t runs. CUDA is absent here, so the reads
+are counted on the CPU instead: every top-level call of those ``torch.Tensor``
+methods is one sync (the same calls are the synchronising ones on a GPU).
+"""
+
+import threading
+
+import keras
+import numpy as np
+import pytest
+
+from keras_hyperiqa.training.optimizer import HyperAdam
+from keras_hyperiqa.training.testing import ArrayTrainSource, TinyIQA, toy_dataset
+from keras_hyperiqa.training.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch host syncs")
+
+# Methods through which the host reads a tensor's value (``np.asarray(t)``
+# goes through ``Tensor.__array__``, which calls ``numpy``).
+_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
+
+
+class SyncCounter:
+    """Counts host reads of torch tensors (nested calls, e.g. ``__array__``
+    calling ``numpy``, count once)."""
+
+    def __init__(self, monkeypatch):
+        import torch
+
+        self.count = 0
+        self.trace = None
+        self._depth = threading.local()
+        for name in _READS:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(original))
+
+    def _wrap(self, original):
+        counter = self
+
+        def read(tensor, *args, **kwargs):
+            depth = getattr(counter._depth, "value", 0)
+            if depth == 0 and threading.current_thread() is threading.main_thread():
+                counter.count += 1
+                if counter.trace is not None:
+                    import traceback
+                    counter.trace.append("".join(traceback.format_stack(limit=6)))
+            counter._depth.value = depth + 1
+            try:
+                return original(tensor, *args, **kwargs)
+            finally:
+                counter._depth.value = depth
+
+        return read
+
+
+class PerStep(keras.callbacks.Callback):
+    """Host reads between consecutive ``on_train_batch_end`` calls, and the logs."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+        self.syncs, self.logs = [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:  # the epoch's set-up (reading the rates) is not a step
+            self._last = self.counter.count
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.syncs.append(self.counter.count - self._last)
+        self.logs.append(dict(logs or {}))
+        self._last = self.counter.count
+
+
+def _trainer(batchnorm):
+    keras.utils.set_random_seed(0)
+    model = TinyIQA(batchnorm=batchnorm)
+    trainer = Trainer(model, HyperAdam(learning_rate=1e-2, weight_decay=5e-4), strategy=None)
+    images, labels = toy_dataset(n_images=10)
+    # 10 images x 2 patches in batches of 2: 10 steps
+    return trainer, ArrayTrainSource(images, labels, patches_per_image=2, batch_size=2, seed=1)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_train_step_reads_nothing_back_between_progress_updates(monkeypatch, batchnorm):
+    trainer, train = _trainer(batchnorm)
+    trainer.log_every_steps = 4
+    trainer.fit(train, 1, verbose=0)  # warm-up: first-call work is not per step
+    counter = SyncCounter(monkeypatch)
+    per_step = PerStep(counter)
+    history = trainer.fit(train, 2, initial_epoch=1, callbacks=[per_step], verbose=0)
+    assert len(per_step.syncs) == train.steps_per_epoch == 10
+    # one read every log_every_steps (the running loss for the progress bar), none otherwise
+    assert per_step.syncs == [0, 0, 0, 1, 0, 0, 0, 1, 0, 0], per_step.syncs
+    assert [("loss" in logs) for logs in per_step.logs] == [False, False, False, True] * 2 + [False] * 2
+    assert all(logs["size"] == 2 for logs in per_step.logs)
+    assert np.isfinite(history[-1]["loss"]) and np.isfinite(history[-1]["train_srcc"])
+
+
+def test_progress_loss_is_the_running_mean_and_the_epoch_loss_the_mean():
+    trainer, train = _trainer(False)
+    steps = []
+
+    class Losses(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append(logs.get("loss"))
+
+    # the same steps one at a time: the loss of each
+    reference, _ = _trainer(False)
+    losses = [reference.train_step(x, y) for x, y in train.train_batches(0)]
+    trainer.log_every_steps = 5
+    history = trainer.fit(train, 1, callbacks=[Losses()], verbose=0)
+    assert steps[4] == pytest.approx(np.mean(losses[:5]), rel=1e-6)
+    assert steps[9] == pytest.approx(np.mean(losses), rel=1e-6)
+    assert history[0]["loss"] == pytest.approx(np.mean(losses), rel=1e-6)
+
+
+def test_fit_prepares_batches_in_a_background_thread():
+    trainer, train = _trainer(False)
+    producers = []
+    batches = train.train_batches
+
+    def recorded(epoch):
+        for batch in batches(epoch):
+            producers.append(threading.get_ident())
+            yield batch
+
+    train.train_batches = recorded
+    trainer.fit(train, 1, verbose=0)
+    assert len(producers) == 10 and threading.get_ident() not in producers
+    assert len(trainer.batch_waits) == 10 and all(w >= 0 for w in trainer.batch_waits)
+    assert not [t for t in threading.enumerate() if t.name == "keras-hyperiqa-prefetch"]
+
+
+def test_producer_error_surfaces_in_fit():
+    from keras_hyperiqa.errors import UserError
+
+    trainer, train = _trainer(False)
+    batches = train.train_batches
+
+    def failing(epoch):
+        for i, batch in enumerate(batches(epoch)):
+            if i == 3:
+                raise UserError("img/03.png: cannot read image")
+            yield batch
+
+    train.train_batches = failing
+    with pytest.raises(UserError, match="03.png"):
+        trainer.fit(train, 1, verbose=0)
+    assert not [t for t in threading.enumerate() if t.name == "keras-hyperiqa-prefetch"]
