@@ -152,3 +152,43 @@ def test_producer_error_surfaces_in_fit():
     with pytest.raises(UserError, match="03.png"):
         trainer.fit(train, 1, verbose=0)
     assert not [t for t in threading.enumerate() if t.name == "keras-hyperiqa-prefetch"]
+
+
+def test_train_step_copies_no_host_values_to_the_device(monkeypatch):
+    """On CUDA a device tensor made from host data (a numpy batch, a Python
+    number in a keras op) is a pageable copy that waits for the device. With
+    the batch handed over as a CPU tensor (what the prefetch thread pins on
+    CUDA, copied without blocking), the step's own code and the batch norm
+    make none; the copies left come from code outside the step (listed)."""
+    import traceback
+
+    import torch
+
+    from keras_hyperiqa.model.hyperiqa import HyperIQA
+
+    keras.utils.set_random_seed(0)
+    model = HyperIQA(backbone="resnet_tiny", patch_size=32)  # batch norm in every block
+    model.build((None, 32, 32, 3))
+    trainer = Trainer(model, HyperAdam(learning_rate=1e-3, weight_decay=5e-4), strategy=None)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    y = np.array([20.0, 60.0], "float32")
+    x, y = trainer._host_batch((x, y))
+    trainer._train_step(torch.from_numpy(x), torch.from_numpy(y))  # warm-up
+    copies = []
+
+    def recording(make):
+        def made(data, *args, **kwargs):
+            if kwargs.get("device") is not None and not isinstance(data, torch.Tensor):
+                ours = [f for f in traceback.extract_stack() if "keras_hyperiqa" in f.filename]
+                copies.append((ours[-1].filename.rsplit("/", 1)[-1], ours[-1].name) if ours else None)
+            return make(data, *args, **kwargs)
+        return made
+
+    monkeypatch.setattr(torch, "as_tensor", recording(torch.as_tensor))
+    monkeypatch.setattr(torch, "tensor", recording(torch.tensor))
+    trainer._train_step(torch.from_numpy(x), torch.from_numpy(y))
+    monkeypatch.undo()
+    # Left: the model's input normalisation constants (two per forward) and
+    # Keras's own step counter update inside optimizer.apply.
+    assert sorted(copies) == [("hyperiqa.py", "normalize")] * 2 + [("trainer.py", "_torch_train_step")], copies
