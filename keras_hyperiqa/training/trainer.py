@@ -221,8 +221,9 @@ class Trainer:
             x, y = strategy.local_batch(x, y)
         count = int(np.shape(y)[0])
         values = [v.value for v in trainable]
-        # A batch pinned by the prefetch thread (torch_pin_batch) is copied
+        # A batch pinned by the prefetch thread (_host_batch) is copied
         # without blocking the host; numpy batches go through Keras.
+        self._host_labels = y
         x, y = (t.to(values[0].device, non_blocking=True) if isinstance(t, torch.Tensor)
                 else t for t in (x, y))
         x = ops.convert_to_tensor(x, dtype="float32")
@@ -297,7 +298,7 @@ class Trainer:
         non_trainable_vars = model.non_trainable_variables
         optimizer_vars = optimizer.variables
         x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
-        labels = y
+        labels = self._host_labels = y
         if self.strategy is not None:  # the global batch, sharded on axis 0
             x, y = self.strategy.place(x, y)
         loss, predictions, trainable, non_trainable, opt_values = self._jax_train_fn(
@@ -352,7 +353,7 @@ class Trainer:
         """Per-image mean score over the source's patches (numpy float64)."""
         scores, index = [], []
         torch_dp = self.strategy if self.backend == "torch" else None
-        for i, (x, image_index) in enumerate(source.eval_batches()):
+        for i, (x, image_index) in enumerate(prefetch(source.eval_batches())):
             if torch_dp is not None and not torch_dp.owns_eval_batch(i):
                 continue  # round-robin: another rank scores this batch
             scores.append(self.predict_on_batch(x))
@@ -451,7 +452,8 @@ class Trainer:
                 total = total + self._train_step(x, y)
                 count += 1
                 train_pred.append(ops.reshape(ops.cast(self.last_predictions, "float32"), (-1,)))
-                train_true.append(np.asarray(y, dtype=np.float32).reshape(-1))
+                # this rank's labels on torch data parallel, like its predictions
+                train_true.append(np.asarray(self._host_labels, dtype=np.float32).reshape(-1))
                 batch_logs = {"size": int(np.shape(y)[0])}
                 if count % self.log_every_steps == 0:  # running mean of the epoch
                     batch_logs["loss"] = float(ops.convert_to_numpy(total)) / count
