@@ -356,6 +356,10 @@ def _worker_compare_run(spec):
             timer.begin()
 
         def on_train_batch_end(self, batch, logs=None):
+            # Trainer.fit does not wait for its steps (the device runs them
+            # while the host queues the next): reading the step counter,
+            # written last, waits for this one.
+            keras.ops.convert_to_numpy(optimizer.iterations)
             timer.end()
 
     optimizer = HyperAdam(learning_rate=spec["lr"], weight_decay=5e-4)

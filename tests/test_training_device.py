@@ -192,3 +192,22 @@ def test_train_step_copies_no_host_values_to_the_device(monkeypatch):
     # Left: the model's input normalisation constants (two per forward) and
     # Keras's own step counter update inside optimizer.apply.
     assert sorted(copies) == [("hyperiqa.py", "normalize")] * 2 + [("trainer.py", "_torch_train_step")], copies
+
+
+def test_cli_progress_bar_shows_the_logged_running_loss(capsys):
+    """The fit command's bar gets the loss only every log_every_steps steps:
+    it shows that running mean, never a NaN for the steps without one."""
+    from keras_hyperiqa.experiment import _callbacks_module
+
+    _, EpochProgress = _callbacks_module()
+    bar = EpochProgress(steps=6, epochs=1, round_index=0, rounds=1, verbose=1)
+    bar.on_epoch_begin(0)
+    bar.bar.interval = 0  # draw at every update
+    for step in range(6):
+        logs = {"size": 4}
+        if step % 3 == 2:
+            logs["loss"] = 10.0 + step
+        bar.on_train_batch_end(step, logs)
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower(), out
+    assert "loss: 15.0000" in out[-200:], out  # the last logged value, as it is
