@@ -211,3 +211,81 @@ def test_cli_progress_bar_shows_the_logged_running_loss(capsys):
     out = capsys.readouterr().out
     assert "nan" not in out.lower(), out
     assert "loss: 15.0000" in out[-200:], out  # the last logged value, as it is
+
+
+# Host reads of jax arrays, counted inside each step (jax dispatches
+# asynchronously on every platform, so a read waits there too).
+_JAX_NO_READS = """
+import jax, keras, numpy as np
+import keras_hyperiqa
+from keras_hyperiqa.training.optimizer import HyperAdam
+from keras_hyperiqa.training.testing import ArrayTrainSource, TinyIQA, toy_dataset
+from keras_hyperiqa.training.trainer import Trainer
+
+keras.utils.set_random_seed(0)
+trainer = Trainer(TinyIQA(batchnorm=True), HyperAdam(learning_rate=1e-2), strategy=None)
+images, labels = toy_dataset(n_images=10)
+train = ArrayTrainSource(images, labels, patches_per_image=2, batch_size=2, seed=1)
+trainer.log_every_steps = 1000  # no progress read inside this epoch
+trainer.fit(train, 1, verbose=0)  # compiles
+
+
+reads = [0]
+depth = [0]
+cls = type(jax.numpy.ones(()))
+
+
+def counted(original):
+    def read(self, *args, **kwargs):
+        if depth[0] == 0 and counting[0]:
+            reads[0] += 1
+        depth[0] += 1
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            depth[0] -= 1
+    return read
+
+
+for name in ("__array__", "__float__", "__int__", "__bool__", "__index__", "item", "tolist",
+             "block_until_ready"):
+    setattr(cls, name, counted(getattr(cls, name)))
+
+
+def counted_numpy(original):
+    # numpy reads a CPU jax array through the buffer protocol, not __array__
+    def convert(a, *args, **kwargs):
+        if isinstance(a, jax.Array):
+            return counted(lambda a, *r, **k: original(a, *r, **k))(a, *args, **kwargs)
+        return original(a, *args, **kwargs)
+    return convert
+
+
+np.asarray, np.array = counted_numpy(np.asarray), counted_numpy(np.array)
+counting = [True]
+float(jax.numpy.ones(()) + 1)
+np.asarray(jax.numpy.ones(3))
+assert reads[0] == 2, reads  # the counter sees reads
+counting[0], reads[0] = False, 0
+per_step = []
+
+
+class Count(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        counting[0], reads[0] = True, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        per_step.append(reads[0])
+        counting[0] = False
+
+
+history = trainer.fit(train, 2, initial_epoch=1, callbacks=[Count()], verbose=0)
+assert np.isfinite(history[-1]["loss"]) and np.isfinite(history[-1]["train_srcc"])
+assert per_step == [0] * 10, per_step
+print("NO-READS")
+"""
+
+
+def test_jax_train_step_reads_nothing_back(backend_runner):
+    out = backend_runner("jax", _JAX_NO_READS)
+    assert "NO-READS" in out
