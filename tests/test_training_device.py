@@ -288,3 +288,49 @@ print("NO-READS")
 def test_jax_train_step_reads_nothing_back(backend_runner):
     out = backend_runner("jax", _JAX_NO_READS)
     assert "NO-READS" in out
+
+
+def _cuda():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs CUDA (torch's own sync detector)")
+def test_cuda_train_step_synchronises_at_most_once(recwarn):
+    """On a GPU, torch's sync debug mode flags every operation that waits for
+    the device; a step (data prefetched and pinned) may wait once at most
+    (Keras's step counter)."""
+    import warnings
+
+    import torch
+
+    from keras_hyperiqa.model.hyperiqa import HyperIQA
+
+    keras.utils.set_random_seed(0)
+    model = HyperIQA(backbone="resnet_tiny", patch_size=32)
+    model.build((None, 32, 32, 3))
+    trainer = Trainer(model, HyperAdam(learning_rate=1e-3, weight_decay=5e-4), strategy=None)
+    images, labels = toy_dataset(n_images=8, size=40)
+    train = ArrayTrainSource(images, labels * 10, patch=32, patches_per_image=2, batch_size=4, seed=1)
+    x, y = trainer._host_batch(next(iter(train.train_batches(0))))
+    assert x.is_pinned() and y.is_pinned()
+    trainer.log_every_steps = 1000
+    trainer.fit(train, 1, verbose=0)
+    per_step = []
+
+    class Syncs(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            warnings.simplefilter("always")
+            recwarn.clear()
+            torch.cuda.set_sync_debug_mode("warn")
+
+        def on_train_batch_end(self, batch, logs=None):
+            torch.cuda.set_sync_debug_mode("default")
+            per_step.append(sum("synchroniz" in str(w.message) for w in recwarn.list))
+
+    try:
+        trainer.fit(train, 2, initial_epoch=1, callbacks=[Syncs()], verbose=0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(per_step) == 4 and max(per_step) <= 1, per_step
