@@ -520,7 +520,7 @@ def _bench_md(r: dict) -> str:
                   f"steps over {n} JPEGs 512x384, {c['batch_size']} random crops each, prepared by the "
                   "prefetch thread during the previous step; median of steps 2.., the first step "
                   "waits for the pipeline's start): " + ", ".join(
-                      f"{impl} {1e3 * s['stall_s']:.1f} ms per step (max {1e3 * s['max_stall_s']:.1f} ms, "
+                      f"{impl} {1e3 * s['stall_s']:.2f} ms per step (max {1e3 * s['max_stall_s']:.2f} ms, "
                       f"{100 * s['stall_s'] / s['fit_step_s']:.1f}% of the {s['fit_step_s']:.3f} s step; "
                       f"first step {1e3 * s['first_wait_s']:.0f} ms)" for impl, s in stalls) + "."]
     p = r["pipeline"]
