@@ -363,6 +363,10 @@ def _worker_compare_run(spec):
             timer.begin()
 
         def on_train_batch_end(self, batch, logs=None):
+            # Trainer.fit does not wait for its steps (the device runs them
+            # while the host queues the next): reading the step counter,
+            # written last, waits for this one.
+            keras.ops.convert_to_numpy(optimizer.iterations)
             timer.end()
 
     optimizer = HyperAdam(learning_rate=spec["lr"], weight_decay=5e-4)
@@ -402,12 +406,14 @@ def run_bench(out_dir, backbone: str = "resnet50", batch_size: int | None = None
               infer_images: int | None = None, patches_per_image: int = 25, patch_size: int = 224,
               pipeline_images: int = 32, steps_per_rep: int | None = None,
               implementations=IMPLEMENTATIONS, seed: int = 0, timeout: float = 1800,
-              isolate: bool = True, verbose: bool = False) -> dict:
+              isolate: bool = True, verbose: bool = False, stall_images: int = 6) -> dict:
     """Training / inference throughput and peak memory per implementation, plus the data pipeline.
 
     Defaults per ``device``: CPU batch 4, fp32, 1 warm-up, 1 image (25
     patches) per inference batch; GPU batch 64, bf16, 3 warm-ups, 8 images
-    per inference batch, 5 steps per repetition. Each (implementation, task)
+    per inference batch, 5 steps per repetition. The Keras training workers
+    then time their input stall: one ``Trainer.fit`` epoch over
+    ``stall_images`` JPEGs (:func:`_input_stall`). Each (implementation, task)
     runs in its own long-lived subprocess; the training subprocesses of all
     implementations run side by side (idle but one at a time), their
     repetitions interleaved round by round, then likewise the inference ones
@@ -428,7 +434,8 @@ def run_bench(out_dir, backbone: str = "resnet50", batch_size: int | None = None
     config = dict(backbone=backbone, batch_size=batch_size, reps=int(reps), warmup=warmup, device=device,
                   precision=precision, infer_images=infer_images, patches_per_image=int(patches_per_image),
                   patch_size=int(patch_size), steps_per_rep=steps_per_rep, pipeline_images=int(pipeline_images),
-                  implementations=list(implementations), seed=int(seed), isolate=bool(isolate))
+                  implementations=list(implementations), seed=int(seed), isolate=bool(isolate),
+                  stall_images=int(stall_images))
     t0 = time.perf_counter()
     results = {impl: {} for impl in implementations}
     for tasks in ((["train"], ["infer"]) if isolate else (["train", "infer"],)):
@@ -515,6 +522,17 @@ def _bench_md(r: dict) -> str:
             f"{_fmt(inf['images_per_s'], '.3f')} | {with_target('infer')} | {_fmt(tr['peak_rss_mib'], '.0f')} | "
             f"{_fmt(inf['peak_rss_mib'], '.0f')} | {_fmt(tr.get('device_peak_mib'), '.0f')} / "
             f"{_fmt(inf.get('device_peak_mib'), '.0f')} |")
+    stalls = [(impl, res["train"]["input_stall"]) for impl, res in r["results"].items()
+              if res["train"].get("input_stall")]
+    if stalls:
+        n = stalls[0][1]["steps"]
+        lines += ["", f"Input stall (the time a `Trainer.fit` step waits for its batch; one epoch of {n} "
+                  f"steps over {n} JPEGs 512x384, {c['batch_size']} random crops each, prepared by the "
+                  "prefetch thread during the previous step; median of steps 2.., the first step "
+                  "waits for the pipeline's start): " + ", ".join(
+                      f"{impl} {1e3 * s['stall_s']:.2f} ms per step (max {1e3 * s['max_stall_s']:.2f} ms, "
+                      f"{100 * s['stall_s'] / s['fit_step_s']:.1f}% of the {s['fit_step_s']:.3f} s step; "
+                      f"first step {1e3 * s['first_wait_s']:.0f} ms)" for impl, s in stalls) + "."]
     p = r["pipeline"]
     lines += ["", "Time ratio: the median over rounds of this implementation's time / plain PyTorch's "
               "time in the same round (1.10 = 10% slower). "
@@ -572,6 +590,7 @@ def _setup_bench_keras(spec):
             def run(trainer=trainer, x=x, y=y):
                 for _ in range(spec["steps_per_rep"]):
                     trainer.train_step(x, y)  # returns a float: waits for the step
+            run.input_stall = lambda trainer=trainer: _input_stall(trainer, spec)
             tasks[task] = (run, spec["batch_size"] * spec["steps_per_rep"])
         else:
             from keras_hyperiqa.training.trainer import Predictor
@@ -583,6 +602,31 @@ def _setup_bench_keras(spec):
                 predict(x)  # numpy scores: waits for the forward
             tasks[task] = (run, spec["infer_images"])
     return tasks
+
+
+def _input_stall(trainer, spec):
+    """How long a ``Trainer.fit`` step waits for its batch.
+
+    One epoch over ``stall_images`` 512x384 JPEGs with ``batch_size`` random
+    crops each (one step per image's worth of patches), read by
+    ``PatchDataset`` while the prefetch thread prepares the next batches
+    during each step. The first step's wait (the pipeline's start: nothing
+    decoded yet) is reported apart.
+    """
+    from keras_hyperiqa.data.pipeline import PatchDataset
+
+    n = int(spec.get("stall_images") or 6)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = make_jpegs(Path(folder), n, seed=spec["seed"])
+        ds = PatchDataset([(p, float(i)) for i, p in enumerate(paths)], patch_size=spec["patch_size"],
+                          patches_per_image=spec["batch_size"], batch_size=spec["batch_size"],
+                          seed=spec["seed"])
+        t = time.perf_counter()
+        trainer.fit(ds, 1, verbose=0)
+        wall = time.perf_counter() - t
+    waits = list(trainer.batch_waits)
+    return {"steps": len(waits), "first_wait_s": waits[0], "stall_s": _median(waits[1:]),
+            "max_stall_s": max(waits[1:], default=math.nan), "fit_step_s": wall / len(waits)}
 
 
 def _setup_bench_torch(spec):
@@ -674,8 +718,11 @@ def _serve_bench(kind, spec_path):
             proto.write(json.dumps({"time_s": time.perf_counter() - t}) + "\n")
         elif words[:1] == ["done"]:
             break
-    proto.write(json.dumps({"peak_rss_mib": _peak_rss_mib(),
-                            "device_peak_mib": _device_peak_mib(backend)}) + "\n")
+    final = {"peak_rss_mib": _peak_rss_mib(), "device_peak_mib": _device_peak_mib(backend)}
+    train = tasks.get("train", (None,))[0]
+    if hasattr(train, "input_stall"):  # after the peaks: the JPEG epoch is not counted there
+        final["input_stall"] = train.input_stall()
+    proto.write(json.dumps(final) + "\n")
     proto.close()
 
 
@@ -771,6 +818,8 @@ def _bench_round_robin(specs, out_dir, device, timeout, reps):
                 if task == "train":
                     out["step_time_s"] = med / spec["steps_per_rep"]
                     out["patches_per_s"] = n / med
+                    if final.get("input_stall"):
+                        out["input_stall"] = final["input_stall"]
                 else:
                     out["batch_time_s"] = med
                     out["images_per_s"] = n / med

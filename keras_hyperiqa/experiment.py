@@ -309,14 +309,17 @@ def _callbacks_module():
             if self.verbose:
                 tag = f" (round {self.round_index + 1}/{self.rounds})" if self.rounds > 1 else ""
                 print(f"Epoch {epoch + 1}/{self.epochs}{tag}", flush=True)
-                self.bar = keras.utils.Progbar(self.steps, stateful_metrics=["patches/s"])
+                # loss: the epoch's running mean, which the trainer logs every
+                # log_every_steps steps (shown as it is, not averaged again)
+                self.bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss", "patches/s"])
 
         def on_train_batch_end(self, batch, logs=None):
             logs = logs or {}
             self.seen += logs.get("size", 0)
             if self.verbose:
                 rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
-                self.bar.update(batch + 1, [("loss", logs.get("loss", math.nan)), ("patches/s", rate)])
+                values = [("loss", logs["loss"])] if "loss" in logs else []
+                self.bar.update(batch + 1, values + [("patches/s", rate)])
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}

@@ -75,7 +75,8 @@ def test_bench_script_tiny(tmp_path):
     # One subprocess per implementation (isolate=False) keeps the smoke test short;
     # the script's default isolates every figure.
     result = run_bench(out, backbone="resnet_tiny", batch_size=2, reps=1, warmup=0, patch_size=64,
-                       patches_per_image=4, infer_images=1, pipeline_images=2, isolate=False)
+                       patches_per_image=4, infer_images=1, pipeline_images=2, isolate=False,
+                       stall_images=2)
     data = json.loads((out / "bench.json").read_text())
     assert data["config"] == result["config"]
     assert data["config"]["device"] == "cpu" and data["config"]["precision"] == "fp32"
@@ -95,8 +96,14 @@ def test_bench_script_tiny(tmp_path):
     for key in ("decode_per_patch_patches_per_s", "pipeline_patches_per_s", "pipeline_uint8_patches_per_s",
                 "speedup"):
         assert p[key] > 0
+    for impl in ("keras-torch", "keras-jax"):  # Trainer.fit over JPEGs: its batch waits
+        stall = data["results"][impl]["train"]["input_stall"]
+        assert stall["steps"] == 2 and 0 <= stall["stall_s"] <= stall["max_stall_s"]
+        assert stall["first_wait_s"] > 0 and stall["fit_step_s"] > 0
+    assert "input_stall" not in data["results"]["torch"]["train"]
     md = (out / "bench.md").read_text()
-    for text in ("keras-torch", "keras-jax", "| torch |", "Data pipeline", "time ratio"):
+    for text in ("keras-torch", "keras-jax", "| torch |", "Data pipeline", "time ratio",
+                 "Input stall", "ms per step"):
         assert text in md
 
 

@@ -186,3 +186,111 @@ def test_data_room_imports_no_framework():
             "print([m for m in ('keras', 'torch', 'jax', 'tensorflow') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _prefetch_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "keras-hyperiqa-prefetch" and t.is_alive()]
+
+
+def test_prefetch_yields_the_same_batches_in_the_same_order(tmp_path):
+    import threading
+
+    items = _images(tmp_path, n=6)
+    ds = PatchDataset(items, patches_per_image=5, batch_size=8, seed=3, chunk_images=4, workers=2)
+    direct = list(ds.train_batches(1))
+    producers = set()
+
+    def mark(batch):
+        producers.add(threading.get_ident())
+        return batch
+
+    fetched = list(pipeline.prefetch(ds.train_batches(1), depth=2, transform=mark))
+    assert len(fetched) == len(direct) == 4
+    for (x0, y0), (x1, y1) in zip(direct, fetched):
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(y0, y1)
+    assert producers and threading.get_ident() not in producers  # prepared off the consumer's thread
+    assert not _prefetch_threads()
+
+
+def test_prefetch_runs_ahead_by_at_most_depth(tmp_path):
+    import time
+
+    produced = []
+
+    def source():
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    with pipeline.Prefetcher(source(), depth=2) as items:
+        assert next(items) == 0
+        deadline = time.monotonic() + 10
+        # item 0 consumed, 1 and 2 queued, 3 made and waiting for room
+        while len(produced) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert len(produced) == 4
+        assert list(items) == list(range(1, 20))
+        assert len(items.waits) == 20
+    assert not _prefetch_threads()
+
+
+def test_prefetch_producer_exception_surfaces_in_the_consumer(tmp_path):
+    closed = []
+
+    def source():
+        try:
+            yield 1
+            yield 2
+            raise UserError("labels.csv row 3: not a number")
+        finally:
+            closed.append(True)
+
+    got = []
+    with pytest.raises(UserError, match="row 3: not a number"):
+        for item in pipeline.prefetch(source()):
+            got.append(item)
+    assert got == [1, 2] and closed == [True] and not _prefetch_threads()
+
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    ds = PatchDataset([(str(tmp_path / "bad.png"), 1.0)], workers=2)
+    with pytest.raises(UserError, match=r"bad.png: cannot read image"):
+        list(pipeline.prefetch(ds.train_batches(0)))
+    assert not _prefetch_threads()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError, None])
+def test_prefetch_consumer_stop_shuts_the_producer_down(tmp_path, stop):
+    closed = []
+
+    def source():
+        try:
+            for i in range(1000):
+                yield i
+        finally:
+            closed.append(True)
+
+    def consume():
+        for item in pipeline.prefetch(source(), depth=3):
+            if item == 5:
+                if stop is None:
+                    break
+                raise stop("step failed")
+
+    if stop is None:
+        consume()
+    else:
+        with pytest.raises(stop):
+            consume()
+    assert closed == [True]  # the source generator was closed (its pool shut down)
+    assert not _prefetch_threads()
+
+    items = _images(tmp_path, n=6)
+    ds = PatchDataset(items, patches_per_image=5, batch_size=4, workers=3, chunk_images=2)
+    fetch = pipeline.Prefetcher(ds.train_batches(0), depth=2)
+    next(fetch)
+    fetch.close()
+    assert not _prefetch_threads()

@@ -195,6 +195,22 @@ def test_torch_two_ranks_equal_single_process(tmp_path):
     assert _max_diff(single, plain) < TOLERANCE, (_max_diff(single, plain), TOLERANCE)
 
 
+def test_torch_process_group_backend_nccl_only_with_a_gpu_per_rank():
+    from keras_hyperiqa.training.distributed import torch_process_group_backend as choose
+
+    # (cuda available, GPUs, local rank, local ranks) -> (backend, GPU index)
+    assert choose(False, 0, 1, 2) == ("gloo", None)
+    assert choose(False, 4, 1, 2) == ("gloo", None)  # CUDA unusable: device count ignored
+    assert choose(True, 2, 1, 2) == ("nccl", 1)
+    assert choose(True, 8, 3, 4) == ("nccl", 3)
+    # fewer GPUs than ranks: nccl would put two ranks on one GPU and fail
+    assert choose(True, 1, 0, 2) == ("gloo", 0)
+    assert choose(True, 1, 1, 2) == ("gloo", 0)
+    assert choose(True, 2, 3, 4) == ("gloo", 1)
+    assert choose(True, 0, 0, 1) == ("gloo", None)
+    assert choose(True, 1, 0, 1) == ("nccl", 0)
+
+
 def _tiny_dataset(root):
     from PIL import Image
 

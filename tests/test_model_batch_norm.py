@@ -42,12 +42,13 @@ def compare(shape, axis):
         ntv = [v.value for v in layer.non_trainable_variables]
         if keras.backend.backend() == "torch":
             import torch
-            xt = torch.tensor(x, requires_grad=True)
+            device = layer.gamma.value.device  # the one Keras picked
+            xt = torch.tensor(x, requires_grad=True, device=device)
             y = layer(xt, training=True)
-            (y * torch.tensor(upstream)).sum().backward()
+            (y * torch.tensor(upstream, device=device)).sum().backward()
             res = [y.detach(), xt.grad, layer.gamma.value.grad, layer.beta.value.grad,
                    layer.moving_mean.value, layer.moving_variance.value]
-            infer = layer(torch.tensor(x), training=False)
+            infer = layer(torch.tensor(x, device=device), training=False)
         else:
             import jax
             def f(tv, x):

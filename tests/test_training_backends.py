@@ -79,7 +79,8 @@ def optimizer_scenario():
             import torch
 
             with torch.no_grad():
-                opt.apply([torch.tensor(g) for g in grads[step]], variables)
+                opt.apply([torch.tensor(g, device=v.value.device)
+                           for g, v in zip(grads[step], variables)], variables)
     return [keras.ops.convert_to_numpy(v) for v in variables], int(
         keras.ops.convert_to_numpy(opt.iterations)
     )

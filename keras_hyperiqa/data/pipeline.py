@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -307,3 +309,126 @@ class PatchDataset:
         if np.any(counts == 0):
             raise ValueError(f"{int(np.sum(counts == 0))} image(s) have no scored patches")
         return np.bincount(index, weights=scores, minlength=n) / counts
+
+
+class _Raised:
+    """An exception raised by the producer, carried to the consumer."""
+
+    def __init__(self, error):
+        self.error = error
+
+
+_END = object()
+
+
+class Prefetcher:
+    """Iterates ``batches`` in a background thread, ``depth`` items ahead.
+
+    The next batches are decoded, cropped (and ``transform``\\ ed, e.g. pinned
+    for an asynchronous host-to-device copy) while the consumer's step runs.
+    One producer thread and a FIFO queue: the consumer gets exactly the items
+    of ``batches``, in the same order. An exception in the producer (or in
+    ``transform``) is raised in the consumer at the item where it happened.
+    When the consumer stops early (``close()``, ``break`` out of a ``for``
+    loop on a generator wrapping this, an exception or ``KeyboardInterrupt``
+    in the consumer's step), the producer stops after its current item and
+    closes ``batches`` in its own thread, so a ``PatchDataset`` generator
+    shuts its decode pool down.
+
+    ``waits``: the seconds the consumer waited for each item it received (the
+    input stall of a training step; near zero when the pipeline keeps up).
+    """
+
+    def __init__(self, batches, depth: int = 2, transform=None):
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+        self._source = batches
+        self._transform = transform
+        self._queue = queue.Queue(maxsize=int(depth))
+        self._stop = threading.Event()
+        self._done = False
+        self.waits: list[float] = []
+        self._thread = threading.Thread(target=self._produce, name="keras-hyperiqa-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self):
+        iterator = iter(self._source)
+        try:
+            for item in iterator:
+                if self._transform is not None:
+                    item = self._transform(item)
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as err:  # noqa: BLE001 - delivered to the consumer
+            self._put(_Raised(err))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        start = time.perf_counter()
+        item = self._queue.get()
+        if item is _END:
+            self._finish()
+            raise StopIteration
+        if isinstance(item, _Raised):
+            self._finish()
+            raise item.error
+        self.waits.append(time.perf_counter() - start)
+        return item
+
+    def _finish(self):
+        self._done = True
+        self._thread.join()
+
+    def close(self):
+        """Stop the producer (after its current item) and wait for it."""
+        self._done = True
+        self._stop.set()
+        while self._thread.is_alive():
+            try:  # unblock a producer waiting on a full queue
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        if not self._done:
+            self._stop.set()
+
+
+def prefetch(batches, depth: int = 2, transform=None, waits: list | None = None):
+    """Yield the items of ``batches``, prepared ``depth`` ahead in a background thread.
+
+    A generator over a :class:`Prefetcher` that stops the producer however
+    the consumer ends (exhausted, ``break``, an exception or
+    ``KeyboardInterrupt``). See :class:`Prefetcher` for the guarantees.
+    ``waits``: a list that receives the consumer's wait for each item.
+    """
+    with Prefetcher(batches, depth, transform) as items:
+        if waits is not None:
+            items.waits = waits
+        yield from items

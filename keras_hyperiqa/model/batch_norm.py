@@ -80,7 +80,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # The batch statistics Keras's layer uses (ops.moments: E[x^2] - E[x]^2
         # on torch, jnp.var on jax), clamped against round-off.
         mean, variance = ops.moments(ops.stop_gradient(x), axes, keepdims=True)
-        variance = ops.maximum(variance, 0.0)
+        # relu = max(v, 0) without a Python scalar, which a keras op on torch
+        # turns into a host-to-device copy that waits for the device on CUDA
+        variance = ops.relu(variance)
 
         momentum = self.momentum
         moving_mean = ops.cast(self.moving_mean, compute_dtype)

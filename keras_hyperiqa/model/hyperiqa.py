@@ -122,7 +122,11 @@ class HyperIQA(keras.Model):
 
     def normalize(self, x):
         x = ops.cast(x, self.compute_dtype)
-        return (x - ops.array(self._mean, dtype=x.dtype)) / ops.array(self._std, dtype=x.dtype)
+        # Per-channel Python numbers: a constant array would be copied from the
+        # host at every call, which on a GPU waits for the device.
+        channels = ops.split(x, len(self._mean), axis=-1)
+        return ops.concatenate(
+            [(c - m) / s for c, m, s in zip(channels, self._mean, self._std)], axis=-1)
 
     def _stage_maps(self, x, training=False):
         """The four stage outputs in the backbone's own layout."""

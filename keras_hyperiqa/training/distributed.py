@@ -29,7 +29,8 @@ jax (:class:`JaxDataParallel`)
 
 torch (:class:`TorchDataParallel`)
     ``torch.distributed`` with one process per device, launched by
-    ``torchrun`` (nccl on CUDA, gloo on CPU). Every rank builds the same model
+    ``torchrun`` (nccl when each rank has a GPU of its own, gloo otherwise:
+    :func:`torch_process_group_backend`). Every rank builds the same model
     from the same seed; the model and optimizer state are broadcast from
     rank 0 at construction (as ``DistributedDataParallel`` does). Each rank
     takes the contiguous slice ``shard_bounds(B, rank, world)`` of every
@@ -192,7 +193,8 @@ class TorchDataParallel:
         """Global-batch-mean gradients and loss from this rank's local ones.
 
         ``grads``/``loss`` are means over this rank's ``count`` patches.
-        Returns ``(grads, loss, total_count)``; every rank gets the same.
+        Returns ``(grads, loss, total_count)``, ``loss`` and ``total_count``
+        as 0-d tensors on the gradients' device; every rank gets the same.
         """
         import torch
 
@@ -211,8 +213,9 @@ class TorchDataParallel:
             flat = torch.cat(parts)
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flats.append(flat)
-        total = float(flats[-1][-1])
-        global_loss = float(flats[-1][-2]) / total
+        # device scalars: reading them would wait for the step
+        total = flats[-1][-1]
+        global_loss = flats[-1][-2] / total
         for idx, flat in zip(buckets, flats):
             offset = 0
             for i in idx:
@@ -264,14 +267,32 @@ class TorchDataParallel:
         return index % self.world_size == self.rank
 
 
+def torch_process_group_backend(cuda_available, device_count, local_rank, local_world_size):
+    """``(backend, cuda_index)`` for one torchrun rank.
+
+    ``"nccl"`` on GPU ``local_rank`` when every rank on this node has a GPU of
+    its own (nccl refuses two ranks on one GPU). Otherwise ``"gloo"``: on a
+    machine with fewer GPUs than local ranks the ranks share them round-robin
+    (GPU ``local_rank % device_count``; gloo reduces through the host), and on
+    a machine without CUDA ``cuda_index`` is ``None``.
+    """
+    count = int(device_count) if cuda_available else 0
+    if count >= max(1, int(local_world_size)):
+        return "nccl", int(local_rank)
+    if count > 0:
+        return "gloo", int(local_rank) % count
+    return "gloo", None
+
+
 def init_torch_from_env():
     """Initialise the default process group from torchrun's environment.
 
-    ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``
-    (``env://``); nccl when CUDA is available (``torch.cuda.set_device(LOCAL_RANK)``,
-    so Keras's default ``"cuda"`` device is this rank's GPU: call this before
-    any tensor is created), gloo otherwise. Returns a
-    :class:`TorchDataParallel`, installed as current.
+    ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT`` (``env://``); nccl when each local rank
+    has its own GPU, gloo otherwise (:func:`torch_process_group_backend`);
+    ``torch.cuda.set_device`` picks this rank's GPU, so that Keras's default
+    ``"cuda"`` device is it (call this before any tensor is created).
+    Returns a :class:`TorchDataParallel`, installed as current.
     """
     import torch
     import torch.distributed as dist
@@ -282,10 +303,15 @@ def init_torch_from_env():
             "torchrun --nproc-per-node N -m keras_hyperiqa fit ..."
         )
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
     if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-            dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        cuda = torch.cuda.is_available()
+        backend, index = torch_process_group_backend(
+            cuda, torch.cuda.device_count() if cuda else 0, local_rank, local_world)
+        if index is not None:
+            torch.cuda.set_device(index)
+        if backend == "nccl":
+            dist.init_process_group("nccl", device_id=torch.device("cuda", index))
         else:
             dist.init_process_group("gloo")
     return set_current(TorchDataParallel())

@@ -190,12 +190,10 @@ class HyperAdam(keras.optimizers.Optimizer):
             del grads
 
             step = self.iterations.value.to(dtype) + 1
-            bias_correction1 = 1.0 - torch.pow(
-                torch.tensor(self.beta_1, dtype=dtype, device=step.device), step
-            )
-            bias_correction2 = 1.0 - torch.pow(
-                torch.tensor(self.beta_2, dtype=dtype, device=step.device), step
-            )
+            # Python-number bases: a tensor built from one would be a
+            # host-to-device copy, which waits for the device on CUDA.
+            bias_correction1 = 1.0 - torch.pow(self.beta_1, step)
+            bias_correction2 = 1.0 - torch.pow(self.beta_2, step)
             lr = ops.convert_to_tensor(learning_rate).to(dtype)
             # One step size per variable: lr * mu_p / bc1, all on the device.
             step_sizes = (lr * multipliers / bias_correction1).unbind(0)

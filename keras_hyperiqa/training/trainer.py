@@ -39,6 +39,7 @@ import numpy as np
 from keras import ops
 
 from keras_hyperiqa.atomic import mkstemp
+from keras_hyperiqa.data.pipeline import prefetch
 from keras_hyperiqa.training import checkpoint as ckpt
 from keras_hyperiqa.training.metrics import aggregate_by_image, iqa_metrics
 from keras_hyperiqa.training.optimizer import HyperAdam
@@ -153,6 +154,14 @@ class Trainer:
             Restored by :meth:`restore`, saved by ``CheckpointCallback``.
     """
 
+    #: Steps between two reads of the running loss for the progress bar and
+    #: ``on_train_batch_end`` (other steps log only ``size``): each read waits
+    #: for the device to finish the step.
+    log_every_steps = 10
+    #: Training batches prepared ahead by a background thread (decode, crop,
+    #: pinning) while the current step runs.
+    prefetch_batches = 2
+
     def __init__(self, model, optimizer=None, strategy="auto"):
         self.model = model
         self.optimizer = optimizer if optimizer is not None else HyperAdam()
@@ -192,7 +201,12 @@ class Trainer:
 
     # ------------------------------------------------------------ train step
     def train_step(self, x, y):
-        """One optimizer step on a batch; returns the loss as a float."""
+        """One optimizer step on a batch; returns the loss as a float (waits for the step)."""
+        return float(ops.convert_to_numpy(self._train_step(x, y)))
+
+    def _train_step(self, x, y):
+        """One optimizer step; returns the loss as a device scalar, without
+        waiting for the step (no device-to-host read)."""
         if self.backend == "torch":
             return self._torch_train_step(x, y)
         return self._jax_train_step(x, y)
@@ -206,9 +220,14 @@ class Trainer:
         if strategy is not None:  # this rank's contiguous slice of the batch
             x, y = strategy.local_batch(x, y)
         count = int(np.shape(y)[0])
+        values = [v.value for v in trainable]
+        # A batch pinned by the prefetch thread (_host_batch) is copied
+        # without blocking the host; numpy batches go through Keras.
+        self._host_labels = y
+        x, y = (t.to(values[0].device, non_blocking=True) if isinstance(t, torch.Tensor)
+                else t for t in (x, y))
         x = ops.convert_to_tensor(x, dtype="float32")
         y = ops.convert_to_tensor(y, dtype="float32")
-        values = [v.value for v in trainable]
         if count:
             with torch.enable_grad():
                 predictions = model(x, training=True)
@@ -221,16 +240,17 @@ class Trainer:
             torch.zeros_like(value) if g is None else g
             for g, value in zip(grads, values)
         ]
+        loss = loss.detach()
         if strategy is not None:
             # count-weighted all-reduce: the global batch's mean gradient/loss
-            grads, loss, _ = strategy.reduce_gradients(grads, loss.detach(), count)
+            grads, loss, _ = strategy.reduce_gradients(grads, loss, count)
         with torch.no_grad():
             optimizer.apply(grads, trainable)
         if strategy is not None:
             strategy.after_step(model)
         self.last_predictions = predictions.detach()
         self.last_labels = y
-        return float(loss) if strategy is not None else float(loss.detach().cpu())
+        return loss
 
     def _make_jax_train_fn(self):
         import jax
@@ -278,7 +298,7 @@ class Trainer:
         non_trainable_vars = model.non_trainable_variables
         optimizer_vars = optimizer.variables
         x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
-        labels = y
+        labels = self._host_labels = y
         if self.strategy is not None:  # the global batch, sharded on axis 0
             x, y = self.strategy.place(x, y)
         loss, predictions, trainable, non_trainable, opt_values = self._jax_train_fn(
@@ -295,11 +315,31 @@ class Trainer:
             variable.assign(value)
         for variable, value in zip(optimizer_vars, opt_values):
             variable.assign(value)
-        if self.strategy is not None:
-            predictions = self.strategy.to_numpy(predictions)
         self.last_predictions = predictions
         self.last_labels = labels
-        return float(loss)
+        return loss
+
+    def _host_batch(self, batch):
+        """Runs in the prefetch thread: on a CUDA device, the batch's arrays in
+        page-locked memory, so that the step's host-to-device copy does not
+        block the host; elsewhere the batch unchanged."""
+        if self.backend != "torch":
+            return batch
+        import torch
+
+        if self.optimizer._trainable_variables[0].value.device.type != "cuda":
+            return batch
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)).pin_memory()
+                     if isinstance(a, np.ndarray) else a for a in batch)
+
+    def _predictions_to_numpy(self, predictions):
+        """An epoch's per-step device predictions as host arrays (one read
+        per device array at most)."""
+        if not predictions:
+            return []
+        if self.backend == "jax" and self.strategy is not None:
+            return [self.strategy.to_numpy(p) for p in predictions]
+        return [np.asarray(ops.convert_to_numpy(ops.concatenate(predictions)))]
 
     # -------------------------------------------------------------- predict
     def predict_on_batch(self, x):
@@ -313,7 +353,7 @@ class Trainer:
         """Per-image mean score over the source's patches (numpy float64)."""
         scores, index = [], []
         torch_dp = self.strategy if self.backend == "torch" else None
-        for i, (x, image_index) in enumerate(source.eval_batches()):
+        for i, (x, image_index) in enumerate(prefetch(source.eval_batches())):
             if torch_dp is not None and not torch_dp.owns_eval_batch(i):
                 continue  # round-robin: another rank scores this batch
             scores.append(self.predict_on_batch(x))
@@ -401,17 +441,25 @@ class Trainer:
             total, count = 0.0, 0
             rates = self.group_learning_rates()
             train_pred, train_true = [], []
-            for step, (x, y) in enumerate(train.train_batches(epoch)):
+            # The loss and predictions stay on the device during the epoch:
+            # reading one back waits for the step, which would stop the host
+            # from queueing the next one (one read every log_every_steps).
+            self.batch_waits = []
+            batches = prefetch(train.train_batches(epoch), self.prefetch_batches,
+                               self._host_batch, waits=self.batch_waits)
+            for step, (x, y) in enumerate(batches):
                 callback_list.on_train_batch_begin(step)
-                loss = self.train_step(x, y)
-                total += loss
+                total = total + self._train_step(x, y)
                 count += 1
-                train_pred.append(np.asarray(ops.convert_to_numpy(
-                    ops.cast(self.last_predictions, "float32"))).reshape(-1))
-                train_true.append(np.asarray(ops.convert_to_numpy(
-                    self.last_labels), dtype=np.float32).reshape(-1))
-                callback_list.on_train_batch_end(
-                    step, {"loss": loss, "size": int(np.shape(y)[0])})
+                train_pred.append(ops.reshape(ops.cast(self.last_predictions, "float32"), (-1,)))
+                # this rank's labels on torch data parallel, like its predictions
+                train_true.append(np.asarray(self._host_labels, dtype=np.float32).reshape(-1))
+                batch_logs = {"size": int(np.shape(y)[0])}
+                if count % self.log_every_steps == 0:  # running mean of the epoch
+                    batch_logs["loss"] = float(ops.convert_to_numpy(total)) / count
+                callback_list.on_train_batch_end(step, batch_logs)
+            total = float(ops.convert_to_numpy(total))
+            train_pred = self._predictions_to_numpy(train_pred)
             if self.strategy is not None and self.backend == "torch":
                 # every rank's (prediction, label) pairs, for train SRCC
                 gathered = self.strategy.gather_objects((train_pred, train_true))
