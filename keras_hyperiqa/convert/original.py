@@ -79,9 +79,9 @@ def load_original_checkpoint(src, resize=KONIQ_RESIZE):
     model.build((None, 224, 224, 3))
     table = WeightTable(tensors, source=source)
     table.prefix = "res."
-    from keras_hub.src.utils.timm import convert_resnet
+    from keras_hyperiqa.compat import timm_resnet_convert_weights
 
-    convert_resnet.convert_weights(model.backbone, table, {"architecture": "resnet50"})
+    timm_resnet_convert_weights(model.backbone, table, {"architecture": "resnet50"})
     table.prefix = ""
     for variable, key, transform in conversion_table(model):
         table.port_weight(variable, key, transform)
