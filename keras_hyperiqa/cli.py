@@ -225,10 +225,12 @@ def ablate(**kw):
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--patches", type=int, default=25, show_default=True, help="Crops per image.")
-@click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
+@click.option("--patches", type=int, default=None,
+              help="Crops per image [the model's recommendation, else 25].")
+@click.option("--crops", type=click.Choice(["grid", "random"]), default=None,
+              help="[the model's recommendation, else grid]")
 @click.option("--resize", default="model", metavar="HxW|none|model",
               help="Resize before cropping [the model's own preprocessing].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random crops.")
@@ -238,8 +240,10 @@ def ablate(**kw):
 def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend):
     """Score images: files, folders or glob patterns.
 
+    MODEL: a .keras file, a keras-hub preset folder, or a checkpoint
+    (koniq_pretrained.pkl, pyiqa's HyperIQA .pth) converted in memory.
     One score per image, deterministic by default (a grid of crops, the
-    model's own resize). Unreadable inputs are reported on stderr while the
+    model's own resize). The scores' scale and the crops go to stderr. Unreadable inputs are reported on stderr while the
     rest are scored; the exit status is 2 when any input could not be scored.
     """
     _use_backend(backend)
@@ -249,6 +253,8 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
     files, problems = inference.expand_paths(paths)
     scorer = inference.Scorer.from_file(model, patches=patches, crops=crops, resize=resize_opt,
                                         seed=seed, batch_size=batch_size)
+    if scorer.describe():
+        click.echo(f"# {scorer.describe()}", err=True)
     results = []
     for path in files:
         try:
@@ -263,15 +269,16 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--dataset", type=click.Choice(DATASETS), required=True)
 @click.option("--root", type=click.Path(file_okay=False), required=True)
 @click.option("--label-column", default=None)
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), default=None,
               help="A run's splits.json: score only its test images (round --round).")
 @click.option("--round", "round_index", type=int, default=0, show_default=True)
-@click.option("--patches", type=int, default=25, show_default=True)
-@click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
+@click.option("--patches", type=int, default=None, help="[the model's recommendation, else 25]")
+@click.option("--crops", type=click.Choice(["grid", "random"]), default=None,
+              help="[the model's recommendation, else grid]")
 @click.option("--resize", default="model", metavar="HxW|none|model")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-invalid", is_flag=True, help="Drop invalid dataset items instead of stopping.")
@@ -280,7 +287,11 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 @backend_option
 def evaluate(model, dataset, root, label_column, splits_path, round_index, patches, crops, resize,
              seed, skip_invalid, csv_path, backend):
-    """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV."""
+    """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV.
+
+    MODEL: a .keras file, a keras-hub preset folder, or a checkpoint
+    (koniq_pretrained.pkl, pyiqa's HyperIQA .pth) converted in memory.
+    """
     _use_backend(backend)
     from keras_hyperiqa import inference
 
@@ -296,16 +307,27 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
 @cli.command()
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False))
-@click.option("--resize", default="512x384", show_default=True, metavar="HxW|none",
-              help="Preprocessing stored in the model (the released checkpoint was trained on KonIQ at 512x384).")
+@click.option("--resize", default=None, metavar="HxW|none",
+              help="Preprocessing stored in the model [original: 512x384, the KonIQ size it was "
+                   "trained at; pyiqa: none].")
 @backend_option
 def convert(src, dst, resize, backend):
-    """Convert an original HyperIQA checkpoint (koniq_pretrained.pkl) to .keras."""
+    """Convert a HyperIQA checkpoint to .keras.
+
+    SRC: the original's koniq_pretrained.pkl or pyiqa's HyperIQA .pth (its
+    state dict under 'params'); the format is detected from the keys. The
+    model records the weights' score range (original: KonIQ MOS_zscore,
+    0-100; pyiqa: MOS normalised to 0-1) and test crops (25), which predict
+    and evaluate use.
+    """
     _use_backend(backend)
     from keras_hyperiqa.convert.original import convert_original_checkpoint
 
-    size = _parse_hw(resize, "--resize")
-    convert_original_checkpoint(src, dst, resize=None if size == "preset" else size)
+    kwargs = {}
+    if resize is not None:
+        size = _parse_hw(resize, "--resize")
+        kwargs["resize"] = None if size == "preset" else size
+    convert_original_checkpoint(src, dst, **kwargs)
     click.echo(f"wrote {dst}")
 
 
