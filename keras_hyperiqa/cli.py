@@ -76,6 +76,7 @@ def cli():
     keras-hyperiqa predict model.keras photo.jpg photos/
     keras-hyperiqa evaluate model.keras --dataset livec --root DIR
     keras-hyperiqa convert koniq_pretrained.pkl koniq.keras
+    keras-hyperiqa export koniq.keras --format onnx
     keras-hyperiqa ablate --dataset koniq --root DIR
     keras-hyperiqa compare                   torch vs jax, side by side
     """
@@ -329,6 +330,29 @@ def convert(src, dst, resize, backend):
         kwargs["resize"] = None if size == "preset" else size
     convert_original_checkpoint(src, dst, **kwargs)
     click.echo(f"wrote {dst}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file [MODEL with the format's suffix].")
+def export(model, fmt, out):
+    """Export a model for inference without Keras (ONNX; runs on the torch backend).
+
+    MODEL: a .keras file, a keras-hub preset folder or a checkpoint. The ONNX
+    graph takes float32 NHWC patches in [0, 255] and returns one score per
+    patch; the preprocessing is in the file's metadata (README: scoring with
+    onnxruntime alone).
+    """
+    _use_backend("torch")
+    from keras_hyperiqa.export import export_onnx
+    from keras_hyperiqa.inference import load_model
+
+    if out is None:
+        out = os.path.splitext(model.rstrip("/"))[0] + "." + fmt
+    export_onnx(load_model(model), out)
+    click.echo(f"wrote {out}")
 
 
 @cli.command()

@@ -230,3 +230,27 @@ def test_predict_scores_checkpoints_directly(original, pyiqa_file, tmp_path):
     # predict says which scale the scores are on and which crops it used.
     assert "[0, 1] scale" in results["pth"][1] and "1 grid crops" in results["pth"][1]
     assert "[0, 100] scale" in results["pkl"][1]
+
+
+def test_onnx_export_scores_equal_keras(original, tmp_path):
+    """``keras-hyperiqa export --format onnx``: onnxruntime alone scores as Keras does."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from click.testing import CliRunner
+
+    from keras_hyperiqa.cli import cli
+
+    out = tmp_path / "koniq.onnx"
+    result = CliRunner().invoke(cli, ["export", str(original["dst"]), "--format", "onnx",
+                                      "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = original["x"]
+    keras_scores = _scores(original["model"], x)
+    onnx_scores = session.run(None, {name: x})[0].reshape(-1)
+    assert np.abs(onnx_scores - keras_scores).max() <= 1e-4
+    # Any batch size (one image's 25 crops, say), and the preprocessing in the metadata.
+    assert session.run(None, {name: x[:1]})[0].reshape(-1) == pytest.approx(onnx_scores[:1], abs=1e-4)
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["keras_hyperiqa"])
+    assert meta["resize"] == [512, 384] and meta["patch_size"] == 224
+    assert meta["score_range"] == [0.0, 100.0] and meta["test_patches"] == 25
