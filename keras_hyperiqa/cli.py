@@ -76,6 +76,7 @@ def cli():
     keras-hyperiqa predict model.keras photo.jpg photos/
     keras-hyperiqa evaluate model.keras --dataset livec --root DIR
     keras-hyperiqa convert koniq_pretrained.pkl koniq.keras
+    keras-hyperiqa convert HyperIQA-resnet50-koniq10k.pth --preset hyperiqa_koniq
     keras-hyperiqa export koniq.keras --format onnx
     keras-hyperiqa ablate --dataset koniq --root DIR
     keras-hyperiqa compare                   torch vs jax, side by side
@@ -307,29 +308,41 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
 
 @cli.command()
 @click.argument("src", type=click.Path(dir_okay=False))
-@click.argument("dst", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False), required=False)
+@click.option("--preset", "preset_dir", type=click.Path(file_okay=False), default=None,
+              help="Also (or instead) write a keras-hub preset folder.")
 @click.option("--resize", default=None, metavar="HxW|none",
               help="Preprocessing stored in the model [original: 512x384, the KonIQ size it was "
                    "trained at; pyiqa: none].")
 @backend_option
-def convert(src, dst, resize, backend):
+def convert(src, dst, preset_dir, resize, backend):
     """Convert a HyperIQA checkpoint to .keras.
 
     SRC: the original's koniq_pretrained.pkl or pyiqa's HyperIQA .pth (its
     state dict under 'params'); the format is detected from the keys. The
     model records the weights' score range (original: KonIQ MOS_zscore,
     0-100; pyiqa: MOS normalised to 0-1) and test crops (25), which predict
-    and evaluate use.
+    and evaluate use. DST.keras, --preset DIR (a keras-hub preset folder), or both.
     """
     _use_backend(backend)
-    from keras_hyperiqa.convert.original import convert_original_checkpoint
+    from keras_hyperiqa.convert.original import convert_original_checkpoint, load_checkpoint
 
+    if dst is None and preset_dir is None:
+        raise UserError("convert needs DST.keras, --preset DIR, or both")
     kwargs = {}
     if resize is not None:
         size = _parse_hw(resize, "--resize")
         kwargs["resize"] = None if size == "preset" else size
-    convert_original_checkpoint(src, dst, **kwargs)
-    click.echo(f"wrote {dst}")
+    if dst is not None:
+        model = convert_original_checkpoint(src, dst, **kwargs)
+        click.echo(f"wrote {dst}")
+    else:
+        model = load_checkpoint(src, **kwargs)
+    if preset_dir is not None:
+        from keras_hyperiqa.presets import save_preset
+
+        save_preset(model, preset_dir)
+        click.echo(f"wrote {preset_dir}")
 
 
 @cli.command()

@@ -12,6 +12,11 @@ import importlib
 # (module, attribute) of every private name used below; the test walks this list.
 PRIVATE_NAMES = (
     ("keras_hub.src.utils.timm.convert_resnet", "convert_weights"),
+    ("keras_hub.src.utils.preset_utils", "get_preset_loader"),
+    ("keras_hub.src.utils.preset_utils", "KerasPresetSaver"),
+    ("keras_hub.src.utils.preset_utils", "get_file"),
+    ("keras_hub.src.utils.preset_utils", "MODEL_WEIGHTS_FILE"),
+    ("keras_hub.src.utils.preset_utils", "METADATA_FILE"),
 )
 
 
@@ -63,3 +68,26 @@ def timm_resnet_convert_weights(backbone, loader, config):
     """keras-hub's timm ResNet converter (torchvision names -> ``ResNetBackbone``)."""
     return private("keras_hub.src.utils.timm.convert_resnet", "convert_weights")(
         backbone, loader, config)
+
+
+def preset_loader(preset):
+    """keras-hub's loader for a preset (local folder, ``hf://``, ``kaggle://``)."""
+    return private("keras_hub.src.utils.preset_utils", "get_preset_loader")(preset)
+
+
+def preset_saver(directory):
+    """keras-hub's saver: ``config.json``, ``metadata.json``, ``model.weights.h5``."""
+    return private("keras_hub.src.utils.preset_utils", "KerasPresetSaver")(directory)
+
+
+def preset_file(preset, name):
+    """A local path to ``name`` in a preset (downloaded and cached when remote)."""
+    return private("keras_hub.src.utils.preset_utils", "get_file")(preset, name)
+
+
+def preset_weights_name():
+    return private("keras_hub.src.utils.preset_utils", "MODEL_WEIGHTS_FILE")
+
+
+def preset_metadata_name():
+    return private("keras_hub.src.utils.preset_utils", "METADATA_FILE")

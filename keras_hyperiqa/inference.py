@@ -105,12 +105,17 @@ CHECKPOINT_SUFFIXES = (".pkl", ".pth", ".pt", ".bin", ".safetensors")
 
 
 def load_model(path):
-    """A HyperIQA model from a ``.keras`` file, or an original / pyiqa checkpoint.
+    """A HyperIQA model from a ``.keras`` file, a keras-hub preset (folder or
+    ``hf://``), or an original / pyiqa checkpoint.
 
     Checkpoints (``koniq_pretrained.pkl``, pyiqa's ``.pth``) are converted in
     memory, as ``keras-hyperiqa convert`` would.
     """
+    from keras_hyperiqa.presets import is_preset, load_preset
+
     path = os.fspath(path)
+    if is_preset(path):
+        return load_preset(path)
     if path.lower().endswith(CHECKPOINT_SUFFIXES):
         from keras_hyperiqa.convert.original import load_checkpoint
 

@@ -254,3 +254,19 @@ def test_onnx_export_scores_equal_keras(original, tmp_path):
     meta = json.loads(session.get_modelmeta().custom_metadata_map["keras_hyperiqa"])
     assert meta["resize"] == [512, 384] and meta["patch_size"] == 224
     assert meta["score_range"] == [0.0, 100.0] and meta["test_patches"] == 25
+
+
+def test_convert_to_keras_hub_preset(original, pyiqa_file, tmp_path):
+    """``convert SRC --preset DIR`` and ``HyperIQA.from_preset(DIR)``."""
+    from click.testing import CliRunner
+
+    import keras_hyperiqa
+    from keras_hyperiqa.cli import cli
+
+    folder = tmp_path / "hyperiqa_koniq"
+    result = CliRunner().invoke(cli, ["convert", str(pyiqa_file), "--preset", str(folder)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    model = keras_hyperiqa.HyperIQA.from_preset(str(folder))
+    assert np.abs(_scores(model, original["x"]) - _scores(original["model"], original["x"])).max() <= 1e-5
+    assert (model.score_range, model.test_patches, model.resize) == ((0.0, 1.0), 25, None)

@@ -178,6 +178,19 @@ class HyperIQA(keras.Model):
         )
         return config
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True):
+        """Load a HyperIQA keras-hub preset: a local folder or ``hf://user/name``."""
+        from keras_hyperiqa.presets import load_preset
+
+        return load_preset(preset, load_weights=load_weights)
+
+    def save_to_preset(self, preset_dir):
+        """Write this model as a keras-hub preset folder (keras-hub's own saver)."""
+        from keras_hyperiqa.presets import save_preset
+
+        return save_preset(self, preset_dir)
+
     @property
     def preprocessing(self):
         """How images are prepared for this model at inference: resize and patch size."""
