@@ -53,8 +53,15 @@ def export_onnx(model, dst):
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(model_metadata(model))
         onnx.save(proto, tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from colleagues
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return dst
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -30,7 +30,7 @@ def save_preset(model, directory):
 
     Refuses an existing non-empty folder.
     """
-    from keras_hyperiqa.export import model_metadata
+    from keras_hyperiqa.export import current_umask, model_metadata
 
     directory = os.fspath(directory).rstrip("/") or "/"
     if os.path.isdir(directory) and os.listdir(directory):
@@ -49,7 +49,7 @@ def save_preset(model, directory):
         metadata["keras_hyperiqa"] = model_metadata(model)
         with open(meta_path, "w") as f:
             json.dump(metadata, f, indent=4)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide it
         if os.path.isdir(directory):
             os.rmdir(directory)  # empty, checked above
         os.replace(tmp, directory)
@@ -57,12 +57,6 @@ def save_preset(model, directory):
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return directory
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_preset(preset, load_weights=True):

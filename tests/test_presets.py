@@ -1,6 +1,7 @@
 """HyperIQA models through keras-hub preset folders (offline: local folders)."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -34,6 +35,9 @@ def test_preset_round_trip(tiny, tmp_path):
     folder = tmp_path / "preset"
     model.save_to_preset(folder)
     assert {"config.json", "metadata.json", "model.weights.h5"} <= {p.name for p in folder.iterdir()}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # readable by colleagues as umask allows
     meta = json.loads((folder / "metadata.json").read_text())["keras_hyperiqa"]
     assert meta["resize"] == [96, 80] and meta["score_range"] == [0.0, 1.0]
     assert (meta["test_patches"], meta["test_crops"]) == (9, "grid")
