@@ -34,6 +34,10 @@ def export_onnx(model, dst):
 
     if keras.backend.backend() != "torch":
         raise UserError("ONNX export runs on the torch backend: use --backend torch")
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("ONNX export needs the onnx package: pip install 'keras-hyperiqa[onnx]'") from None
     dst = os.fspath(dst)
     folder = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(folder):
@@ -47,8 +51,6 @@ def export_onnx(model, dst):
     os.close(fd)
     try:
         model.export(tmp, format="onnx", verbose=False)
-        import onnx
-
         proto = onnx.load(tmp)
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(model_metadata(model))
