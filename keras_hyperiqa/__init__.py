@@ -20,6 +20,11 @@ _LAZY = {
     "convert_original_checkpoint": "keras_hyperiqa.convert.original",
     "load_original_checkpoint": "keras_hyperiqa.convert.original",
     "UserError": "keras_hyperiqa.errors",
+    "HyperAdam": "keras_hyperiqa.training.optimizer",
+    "HyperIQASchedule": "keras_hyperiqa.training.schedule",
+    "PatchPyDataset": "keras_hyperiqa.training.keras_fit",
+    "ImageCorrelation": "keras_hyperiqa.training.keras_fit",
+    "load_checkpoint": "keras_hyperiqa.convert.original",
 }
 
 

@@ -14,7 +14,7 @@ import sys
 DEFAULT_BACKEND = "torch"
 
 # Modules whose import registers our serializable classes with Keras.
-_SERIALIZABLE_MODULES = ("keras_hyperiqa.model.hyperiqa",)
+_SERIALIZABLE_MODULES = ("keras_hyperiqa.model.hyperiqa", "keras_hyperiqa.training.optimizer")
 
 
 def ensure_default_backend():

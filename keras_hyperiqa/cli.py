@@ -92,6 +92,8 @@ def cli(debug):
     keras-hyperiqa predict model.keras photo.jpg photos/
     keras-hyperiqa evaluate model.keras --dataset livec --root DIR
     keras-hyperiqa convert koniq_pretrained.pkl koniq.keras
+    keras-hyperiqa convert HyperIQA-resnet50-koniq10k.pth --preset hyperiqa_koniq
+    keras-hyperiqa export koniq.keras --format onnx
     keras-hyperiqa ablate --dataset koniq --root DIR
     keras-hyperiqa compare                   torch vs jax, side by side
     """
@@ -244,10 +246,12 @@ def ablate(**kw):
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--patches", type=int, default=25, show_default=True, help="Crops per image.")
-@click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
+@click.option("--patches", type=int, default=None,
+              help="Crops per image [the model's recommendation, else 25].")
+@click.option("--crops", type=click.Choice(["grid", "random"]), default=None,
+              help="[the model's recommendation, else grid]")
 @click.option("--resize", default="model", metavar="HxW|none|model",
               help="Resize before cropping [the model's own preprocessing].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random crops.")
@@ -257,8 +261,10 @@ def ablate(**kw):
 def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend):
     """Score images: files, folders or glob patterns.
 
+    MODEL: a .keras file, a keras-hub preset folder, or a checkpoint
+    (koniq_pretrained.pkl, pyiqa's HyperIQA .pth) converted in memory.
     One score per image, deterministic by default (a grid of crops, the
-    model's own resize). Unreadable inputs are reported on stderr while the
+    model's own resize). The scores' scale and the crops go to stderr. Unreadable inputs are reported on stderr while the
     rest are scored; the exit status is 2 when any input could not be scored.
     """
     _use_backend(backend)
@@ -268,6 +274,8 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
     files, problems = inference.expand_paths(paths)
     scorer = inference.Scorer.from_file(model, patches=patches, crops=crops, resize=resize_opt,
                                         seed=seed, batch_size=batch_size)
+    if scorer.describe():
+        click.echo(f"# {scorer.describe()}", err=True)
     results = []
     for path in files:
         try:
@@ -282,15 +290,16 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--dataset", type=click.Choice(DATASETS), required=True)
 @click.option("--root", type=click.Path(file_okay=False), required=True)
 @click.option("--label-column", default=None)
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), default=None,
               help="A run's splits.json: score only its test images (round --round).")
 @click.option("--round", "round_index", type=int, default=0, show_default=True)
-@click.option("--patches", type=int, default=25, show_default=True)
-@click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
+@click.option("--patches", type=int, default=None, help="[the model's recommendation, else 25]")
+@click.option("--crops", type=click.Choice(["grid", "random"]), default=None,
+              help="[the model's recommendation, else grid]")
 @click.option("--resize", default="model", metavar="HxW|none|model")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-invalid", is_flag=True, help="Drop invalid dataset items instead of stopping.")
@@ -299,7 +308,11 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 @backend_option
 def evaluate(model, dataset, root, label_column, splits_path, round_index, patches, crops, resize,
              seed, skip_invalid, csv_path, backend):
-    """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV."""
+    """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV.
+
+    MODEL: a .keras file, a keras-hub preset folder, or a checkpoint
+    (koniq_pretrained.pkl, pyiqa's HyperIQA .pth) converted in memory.
+    """
     _use_backend(backend)
     from keras_hyperiqa import inference
 
@@ -314,18 +327,64 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
 
 @cli.command()
 @click.argument("src", type=click.Path(dir_okay=False))
-@click.argument("dst", type=click.Path(dir_okay=False))
-@click.option("--resize", default="512x384", show_default=True, metavar="HxW|none",
-              help="Preprocessing stored in the model (the released checkpoint was trained on KonIQ at 512x384).")
+@click.argument("dst", type=click.Path(dir_okay=False), required=False)
+@click.option("--preset", "preset_dir", type=click.Path(file_okay=False), default=None,
+              help="Also (or instead) write a keras-hub preset folder.")
+@click.option("--resize", default=None, metavar="HxW|none",
+              help="Preprocessing stored in the model [original: 512x384, the KonIQ size it was "
+                   "trained at; pyiqa: none].")
 @backend_option
-def convert(src, dst, resize, backend):
-    """Convert an original HyperIQA checkpoint (koniq_pretrained.pkl) to .keras."""
-    _use_backend(backend)
-    from keras_hyperiqa.convert.original import convert_original_checkpoint
+def convert(src, dst, preset_dir, resize, backend):
+    """Convert a HyperIQA checkpoint to .keras.
 
-    size = _parse_hw(resize, "--resize")
-    convert_original_checkpoint(src, dst, resize=None if size == "preset" else size)
-    click.echo(f"wrote {dst}")
+    SRC: the original's koniq_pretrained.pkl or pyiqa's HyperIQA .pth (its
+    state dict under 'params'); the format is detected from the keys. The
+    model records the weights' score range (original: KonIQ MOS_zscore,
+    0-100; pyiqa: MOS normalised to 0-1) and test crops (25), which predict
+    and evaluate use. DST.keras, --preset DIR (a keras-hub preset folder), or both.
+    """
+    _use_backend(backend)
+    from keras_hyperiqa.convert.original import convert_original_checkpoint, load_checkpoint
+
+    if dst is None and preset_dir is None:
+        raise UserError("convert needs DST.keras, --preset DIR, or both")
+    kwargs = {}
+    if resize is not None:
+        size = _parse_hw(resize, "--resize")
+        kwargs["resize"] = None if size == "preset" else size
+    if dst is not None:
+        model = convert_original_checkpoint(src, dst, **kwargs)
+        click.echo(f"wrote {dst}")
+    else:
+        model = load_checkpoint(src, **kwargs)
+    if preset_dir is not None:
+        from keras_hyperiqa.presets import save_preset
+
+        save_preset(model, preset_dir)
+        click.echo(f"wrote {preset_dir}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file [MODEL with the format's suffix].")
+def export(model, fmt, out):
+    """Export a model for inference without Keras (ONNX; runs on the torch backend).
+
+    MODEL: a .keras file, a keras-hub preset folder or a checkpoint. The ONNX
+    graph takes float32 NHWC patches in [0, 255] and returns one score per
+    patch; the preprocessing is in the file's metadata (README: scoring with
+    onnxruntime alone).
+    """
+    _use_backend("torch")
+    from keras_hyperiqa.export import export_onnx
+    from keras_hyperiqa.inference import load_model
+
+    if out is None:
+        out = os.path.splitext(model.rstrip("/"))[0] + "." + fmt
+    export_onnx(load_model(model), out)
+    click.echo(f"wrote {out}")
 
 
 @cli.command()

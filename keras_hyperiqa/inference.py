@@ -47,9 +47,14 @@ class Scorer:
         resize: ``"model"`` (the model's own preprocessing), ``None``, or (H, W).
     """
 
-    def __init__(self, model, patches=25, crops="grid", resize="model", seed=0, batch_size=25):
+    def __init__(self, model, patches=None, crops=None, resize="model", seed=0, batch_size=25):
         from keras_hyperiqa.training.trainer import Predictor
 
+        # Unless told otherwise: the crops the model's weights are tested with.
+        if patches is None:
+            patches = getattr(model, "test_patches", None) or 25
+        if crops is None:
+            crops = getattr(model, "test_crops", None) or "grid"
         if crops == "grid" and round(math.sqrt(patches)) ** 2 != patches:
             raise UserError(f"--patches {patches} must be a square number for grid crops")
         if patches < 1 or batch_size < 1:
@@ -64,9 +69,22 @@ class Scorer:
 
     @classmethod
     def from_file(cls, path, **kwargs):
-        from keras_hyperiqa.experiment import load_model_file
+        return cls(load_model(path), **kwargs)
 
-        return cls(load_model_file(path), **kwargs)
+    def describe(self):
+        """One line on the scores' scale and the crops used, for ``predict``.
+
+        Empty for a model that records neither a score range nor test crops.
+        """
+        low_high = getattr(self.model, "score_range", None)
+        if not low_high and getattr(self.model, "test_patches", None) is None:
+            return ""
+        parts = []
+        if low_high:
+            parts.append(f"scores on the [{low_high[0]:g}, {low_high[1]:g}] scale of the "
+                         f"labels the weights were trained on")
+        parts.append(f"{self.patches} {self.crops} crops per image")
+        return "; ".join(parts)
 
     def dataset(self, items, workers=0):
         from keras_hyperiqa.data.pipeline import PatchDataset
@@ -81,6 +99,30 @@ class Scorer:
         data = self.dataset([(str(path), 0.0)])
         scores = [self.predict(x) for x, _ in data.eval_batches()]
         return float(np.mean(np.concatenate(scores)))
+
+
+CHECKPOINT_SUFFIXES = (".pkl", ".pth", ".pt", ".bin", ".safetensors")
+
+
+def load_model(path):
+    """A HyperIQA model from a ``.keras`` file, a keras-hub preset (folder or
+    ``hf://``), or an original / pyiqa checkpoint.
+
+    Checkpoints (``koniq_pretrained.pkl``, pyiqa's ``.pth``) are converted in
+    memory, as ``keras-hyperiqa convert`` would.
+    """
+    from keras_hyperiqa.presets import is_preset, load_preset
+
+    path = os.fspath(path)
+    if is_preset(path):
+        return load_preset(path)
+    if path.lower().endswith(CHECKPOINT_SUFFIXES):
+        from keras_hyperiqa.convert.original import load_checkpoint
+
+        return load_checkpoint(path)
+    from keras_hyperiqa.experiment import load_model_file
+
+    return load_model_file(path)
 
 
 def format_scores(results, fmt):
@@ -99,7 +141,7 @@ def format_scores(results, fmt):
 
 
 def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=None, round_index=0,
-                     patches=25, crops="grid", resize="model", seed=0, skip_invalid=False,
+                     patches=None, crops=None, resize="model", seed=0, skip_invalid=False,
                      csv_path="predictions.csv"):
     """Image-level SRCC/PLCC/KRCC/RMSE of a model on a dataset (or a run's test split)."""
     from keras_hyperiqa.data.readers import read_dataset
@@ -109,7 +151,7 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
     from keras_hyperiqa.training.metrics import iqa_metrics
 
     scorer = Scorer.from_file(model_path, patches=patches, crops=crops, resize=resize, seed=seed,
-                              batch_size=max(patches, 25))
+                              batch_size=max(patches or 25, 25))
     info = read_dataset(dataset, root, label_column=label_column)
     report = Path(csv_path).with_name(Path(csv_path).stem + "_dropped.txt")
     info = validated(info, skip_invalid=skip_invalid, report_path=report)

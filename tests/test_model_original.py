@@ -1,5 +1,6 @@
 """HyperIQA (ResNet-50) against the reference maths, conversion errors, save/load."""
 
+import json
 import os
 
 import numpy as np
@@ -143,3 +144,143 @@ def test_destination_must_be_keras_file(original, tmp_path):
     with pytest.raises(UserError, match="must end in .keras"):
         convert_original_checkpoint(original["src"], tmp_path / "model.h5")
     assert not os.path.exists(tmp_path / "model.h5")
+
+
+# ------------------------------------------------------------- pyiqa format
+def _pyiqa_layout(sd):
+    """The original's keys renamed as pyiqa's ``HyperNet`` names them (reference section 7)."""
+    out = {}
+    for key, value in sd.items():
+        if key.startswith("res.lda"):
+            k, rest = int(key[7]), key.rsplit(".", 1)[1]
+            if "_pool" in key:
+                new = f"lda_modules.{k - 1}.0.{rest}"
+            else:
+                new = f"lda_modules.{k - 1}.{3 if k < 4 else 2}.{rest}"
+        elif key.startswith("res."):
+            new = "base_model." + key[4:]
+        elif key.startswith("fc5w_fc."):
+            new = "fc_w_modules.4.2." + key.split(".", 1)[1]
+        elif key[:2] == "fc" and key[3:9] == "w_conv":
+            new = f"fc_w_modules.{int(key[2]) - 1}." + key.split(".", 1)[1]
+        elif key[:2] == "fc" and key[3:7] == "b_fc":
+            new = f"fc_b_modules.{int(key[2]) - 1}.2." + key.split(".", 1)[1]
+        else:
+            new = key  # conv1.{0,2,4}.*
+        out[new] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def pyiqa_file(original):
+    sd = _pyiqa_layout(original["sd"])
+    assert len(sd) == len(original["sd"]) == 355
+    path = original["dir"] / "HyperIQA-resnet50-koniq10k.pth"
+    torch.save({"params": sd}, path)
+    return path
+
+
+def test_pyiqa_checkpoint_scores_equal_original_conversion(original, pyiqa_file, tmp_path):
+    from keras_hyperiqa.convert.original import load_checkpoint
+
+    model = load_checkpoint(pyiqa_file)
+    ours, ref = _scores(model, original["x"]), _scores(original["model"], original["x"])
+    assert np.abs(ours - ref).max() <= 1e-5
+    # pyiqa's retrain: [0, 1]-normalised MOS, 25 evenly spaced crops of the full image.
+    assert model.score_range == (0.0, 1.0)
+    assert (model.test_patches, model.test_crops, model.resize) == (25, "grid", None)
+    assert original["model"].score_range == (0.0, 100.0)
+    # The metadata survives a .keras round trip.
+    dst = tmp_path / "pyiqa.keras"
+    convert_original_checkpoint(pyiqa_file, dst)
+    from keras_hyperiqa.experiment import load_model_file
+
+    loaded = load_model_file(dst)
+    assert (loaded.score_range, loaded.test_patches, loaded.test_crops) == ((0.0, 1.0), 25, "grid")
+
+
+def test_unknown_checkpoint_format_lists_its_keys(tmp_path):
+    src = tmp_path / "other.pth"
+    torch.save({"encoder.weight": torch.zeros(2, 2), "head.bias": torch.zeros(2)}, src)
+    with pytest.raises(UserError) as err:
+        convert_original_checkpoint(src, tmp_path / "out.keras")
+    message = str(err.value)
+    assert "not a HyperIQA checkpoint" in message
+    assert "encoder.weight" in message and "head.bias" in message
+
+
+def test_pyiqa_checkpoint_with_foreign_keys_is_refused(original, tmp_path):
+    sd = _pyiqa_layout(original["sd"])
+    sd["lda_modules.4.0.weight"] = torch.zeros(3)
+    src = tmp_path / "extra.pth"
+    torch.save({"params": sd}, src)
+    with pytest.raises(UserError, match="unexpected keys: lda_modules.4.0.weight"):
+        convert_original_checkpoint(src, tmp_path / "out.keras")
+
+
+def test_predict_scores_checkpoints_directly(original, pyiqa_file, tmp_path):
+    """``predict`` takes koniq_pretrained.pkl or a pyiqa .pth and converts it in memory."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from keras_hyperiqa.cli import cli
+
+    image = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (240, 260, 3), dtype=np.uint8)).save(image)
+    from keras_hyperiqa.inference import Scorer
+
+    keras_score = Scorer(original["model"], patches=1, resize=None).score(image)
+    results = {}
+    for name, model in (("pkl", original["src"]), ("pth", pyiqa_file)):
+        result = CliRunner().invoke(cli, ["predict", str(model), str(image), "--patches", "1",
+                                          "--resize", "none", "--format", "json"],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        results[name] = (json.loads(result.stdout)[0]["score"], result.stderr)
+    # Same tensors in both layouts: the same score, equal to the .keras conversion's.
+    assert results["pkl"][0] == pytest.approx(keras_score, abs=1e-5)
+    assert results["pth"][0] == pytest.approx(keras_score, abs=1e-5)
+    # predict says which scale the scores are on and which crops it used.
+    assert "[0, 1] scale" in results["pth"][1] and "1 grid crops" in results["pth"][1]
+    assert "[0, 100] scale" in results["pkl"][1]
+
+
+def test_onnx_export_scores_equal_keras(original, tmp_path):
+    """``keras-hyperiqa export --format onnx``: onnxruntime alone scores as Keras does."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from click.testing import CliRunner
+
+    from keras_hyperiqa.cli import cli
+
+    out = tmp_path / "koniq.onnx"
+    result = CliRunner().invoke(cli, ["export", str(original["dst"]), "--format", "onnx",
+                                      "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = original["x"]
+    keras_scores = _scores(original["model"], x)
+    onnx_scores = session.run(None, {name: x})[0].reshape(-1)
+    assert np.abs(onnx_scores - keras_scores).max() <= 1e-4
+    # Any batch size (one image's 25 crops, say), and the preprocessing in the metadata.
+    assert session.run(None, {name: x[:1]})[0].reshape(-1) == pytest.approx(onnx_scores[:1], abs=1e-4)
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["keras_hyperiqa"])
+    assert meta["resize"] == [512, 384] and meta["patch_size"] == 224
+    assert meta["score_range"] == [0.0, 100.0] and meta["test_patches"] == 25
+
+
+def test_convert_to_keras_hub_preset(original, pyiqa_file, tmp_path):
+    """``convert SRC --preset DIR`` and ``HyperIQA.from_preset(DIR)``."""
+    from click.testing import CliRunner
+
+    import keras_hyperiqa
+    from keras_hyperiqa.cli import cli
+
+    folder = tmp_path / "hyperiqa_koniq"
+    result = CliRunner().invoke(cli, ["convert", str(pyiqa_file), "--preset", str(folder)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    model = keras_hyperiqa.HyperIQA.from_preset(str(folder))
+    assert np.abs(_scores(model, original["x"]) - _scores(original["model"], original["x"])).max() <= 1e-5
+    assert (model.score_range, model.test_patches, model.resize) == ((0.0, 1.0), 25, None)

@@ -72,11 +72,11 @@ def port_resnet(backbone, table, name):
     keras-hub's timm converter does the work (its layer names and kernel
     transposes); ``table`` collects every problem, raised together.
     """
-    from keras_hub.src.utils.timm import convert_resnet
+    from keras_hyperiqa.compat import timm_resnet_convert_weights
 
     if name == "resnet_tiny":
         raise UserError("resnet_tiny has no ImageNet weights; use --backbone-weights none")
-    convert_resnet.convert_weights(backbone, table, {"architecture": name})
+    timm_resnet_convert_weights(backbone, table, {"architecture": name})
     table.check(ignore_unused=_RESNET_HEAD_PREFIXES)
 
 

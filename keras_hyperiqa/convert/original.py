@@ -5,9 +5,16 @@ section 1): the torchvision ResNet-50 and the LDA taps under ``res.``, the head
 convs under ``conv1.{0,2,4}``, and the generators ``fc{1..4}w_conv``,
 ``fc{1..4}b_fc``, ``fc5w_fc``, ``fc5b_fc``. The conversion table below is every
 one of those keys: (our variable, their key, transform).
+
+pyiqa's HyperIQA (``pyiqa/archs/hypernet_arch.py``, class ``HyperNet``) holds
+the same tensors under other module names, in a dict ``{"params": ...}``:
+:func:`pyiqa_to_original` renames them (no reshaping), and
+:func:`load_checkpoint` tells the two formats apart by their keys.
 """
 
 import os
+import re
+import tempfile
 
 import numpy as np
 
@@ -18,6 +25,58 @@ from keras_hyperiqa.errors import UserError
 # The released checkpoint was trained on KonIQ-10k images resized with
 # torchvision Resize((512, 384)): height 512, width 384.
 KONIQ_RESIZE = (512, 384)
+
+# What each format's weights were trained on and how they are tested: the
+# original on KonIQ MOS_zscore (about 0-100), tested on 25 random crops of the
+# resized image (here the deterministic 5x5 grid); pyiqa's retrain on MOS
+# normalised to [0, 1], tested on 25 evenly spaced crops of the full image.
+FORMATS = {
+    "original": dict(resize=KONIQ_RESIZE, score_range=(0.0, 100.0), test_patches=25,
+                     test_crops="grid"),
+    "pyiqa": dict(resize=None, score_range=(0.0, 1.0), test_patches=25, test_crops="grid"),
+}
+
+# pyiqa module names -> the original's (reference section 7).
+_PYIQA_RENAMES = (
+    (r"base_model\.(.+)", r"res.\1"),
+    (r"lda_modules\.([0-2])\.0\.weight", lambda m: f"res.lda{int(m[1]) + 1}_pool.0.weight"),
+    (r"lda_modules\.([0-2])\.3\.(weight|bias)", lambda m: f"res.lda{int(m[1]) + 1}_fc.{m[2]}"),
+    (r"lda_modules\.3\.2\.(weight|bias)", r"res.lda4_fc.\1"),
+    (r"fc_w_modules\.([0-3])\.(weight|bias)", lambda m: f"fc{int(m[1]) + 1}w_conv.{m[2]}"),
+    (r"fc_w_modules\.4\.2\.(weight|bias)", r"fc5w_fc.\1"),
+    (r"fc_b_modules\.([0-4])\.2\.(weight|bias)", lambda m: f"fc{int(m[1]) + 1}b_fc.{m[2]}"),
+    (r"(conv1\.[024]\.(?:weight|bias))", r"\1"),
+)
+
+
+def pyiqa_to_original(tensors):
+    """pyiqa ``HyperNet`` keys renamed to the original's; unknown keys are kept.
+
+    Kept keys are then reported as unexpected by the conversion.
+    """
+    out = {}
+    for key, value in tensors.items():
+        new = key
+        for pattern, repl in _PYIQA_RENAMES:
+            if re.fullmatch(pattern, key):
+                new = re.sub(pattern, repl, key)
+                break
+        out[new] = value
+    return out
+
+
+def detect_format(tensors, source):
+    """``"original"`` or ``"pyiqa"`` from the keys; otherwise a ``UserError`` listing them."""
+    keys = list(tensors)
+    if any(k.startswith("res.") for k in keys):
+        return "original"
+    if any(k.startswith(("base_model.", "lda_modules.", "fc_w_modules.")) for k in keys):
+        return "pyiqa"
+    shown = ", ".join(keys[:12]) + (f" ... ({len(keys)} keys)" if len(keys) > 12 else "")
+    raise UserError(
+        f"{source}: not a HyperIQA checkpoint (neither the original's 'res.*' keys nor "
+        f"pyiqa's 'base_model.*'/'lda_modules.*' keys); unexpected keys: {shown}"
+    )
 
 
 def conv_kernel(w, _shape=None):
@@ -60,14 +119,32 @@ def conversion_table(model):
     return rows
 
 
+_DEFAULT = object()
+
+
+def load_checkpoint(src, resize=_DEFAULT):
+    """A ``HyperIQA`` (ResNet-50) from an original or a pyiqa checkpoint.
+
+    The format is detected from the keys. The model records the format's
+    score range and test crops, and its resize (the original: KonIQ's
+    512x384; pyiqa: none) unless ``resize`` is given (``None`` or ``(H, W)``).
+    Every key of the file must be used and every variable filled; otherwise a
+    ``UserError`` lists the missing, mis-shaped and unexpected keys.
+    """
+    tensors = read_state_dict(src)
+    source = os.fspath(src)
+    fmt = detect_format(tensors, source)
+    if fmt == "pyiqa":
+        tensors = pyiqa_to_original(tensors)
+    return _build(tensors, source, fmt, resize)
+
+
 def load_original_checkpoint(src, resize=KONIQ_RESIZE):
     """Build a ``HyperIQA`` (ResNet-50) holding the original checkpoint's weights.
 
     Every key of the file must be used and every variable filled; otherwise a
     ``UserError`` lists the missing, mis-shaped and unexpected keys.
     """
-    from keras_hyperiqa.model.hyperiqa import HyperIQA
-
     tensors = read_state_dict(src)
     source = os.fspath(src)
     if not any(k.startswith("res.") for k in tensors):
@@ -75,13 +152,22 @@ def load_original_checkpoint(src, resize=KONIQ_RESIZE):
             f"{source}: not an original HyperIQA checkpoint (no 'res.' keys; "
             f"first keys: {', '.join(list(tensors)[:3])})"
         )
-    model = HyperIQA(backbone="resnet50", resize=resize)
+    return _build(tensors, source, "original", resize)
+
+
+def _build(tensors, source, fmt, resize=_DEFAULT):
+    from keras_hyperiqa.model.hyperiqa import HyperIQA
+
+    info = dict(FORMATS[fmt])
+    if resize is not _DEFAULT:
+        info["resize"] = resize
+    model = HyperIQA(backbone="resnet50", **info)
     model.build((None, 224, 224, 3))
     table = WeightTable(tensors, source=source)
     table.prefix = "res."
-    from keras_hub.src.utils.timm import convert_resnet
+    from keras_hyperiqa.compat import timm_resnet_convert_weights
 
-    convert_resnet.convert_weights(model.backbone, table, {"architecture": "resnet50"})
+    timm_resnet_convert_weights(model.backbone, table, {"architecture": "resnet50"})
     table.prefix = ""
     for variable, key, transform in conversion_table(model):
         table.port_weight(variable, key, transform)
@@ -89,10 +175,11 @@ def load_original_checkpoint(src, resize=KONIQ_RESIZE):
     return model
 
 
-def convert_original_checkpoint(src, dst, resize=KONIQ_RESIZE):
-    """Convert an original checkpoint to a ``.keras`` file, written atomically.
+def convert_original_checkpoint(src, dst, resize=_DEFAULT):
+    """Convert an original or pyiqa checkpoint to a ``.keras`` file, written atomically.
 
     Nothing is written to ``dst`` unless the whole conversion succeeds.
+    ``resize``: as in :func:`load_checkpoint` (default: the format's).
     """
     dst = os.fspath(dst)
     if not dst.endswith(".keras"):
@@ -100,7 +187,7 @@ def convert_original_checkpoint(src, dst, resize=KONIQ_RESIZE):
     folder = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(folder):
         raise UserError(f"{dst}: folder {folder} does not exist")
-    model = load_original_checkpoint(src, resize=resize)
+    model = load_checkpoint(src, resize=resize)
     save_model_atomic(model, dst)
     return model
 

@@ -16,15 +16,16 @@ import numpy as np
 
 from keras_hyperiqa.errors import UserError
 
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+# pyiqa stores its weights under ``params``.
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "params")
 
 
 def read_state_dict(path):
     """Load a weight file into ``{key: numpy array}``.
 
     Accepts a ``torch.save``d state dict (read with ``weights_only=True``, so no
-    code in the file runs), a dict wrapping one under ``state_dict`` / ``model``,
-    or a ``.safetensors`` file. ``num_batches_tracked`` entries are dropped:
+    code in the file runs), a dict wrapping one under ``state_dict`` / ``model``
+    / ``params`` (pyiqa), or a ``.safetensors`` file. ``num_batches_tracked`` entries are dropped:
     they carry no weights.
     """
     path = os.fspath(path)

@@ -55,11 +55,18 @@ class HyperIQA(keras.Model):
             resize each image to before cropping, or ``None``.
         short_side: alternatively, resize keeping the aspect so the short side
             is this long (SPAQ's usual 512), or ``None``.
+        score_range: ``(low, high)`` of the labels the weights were trained
+            on (pyiqa's KonIQ weights: ``(0, 1)``; the original's: KonIQ
+            ``MOS_zscore``, ``(0, 100)``), or ``None`` when unknown.
+        test_patches, test_crops: the test crops the weights' authors score
+            with (``25``, ``"grid"`` or ``"random"``), or ``None``;
+            ``predict`` and ``evaluate`` use them unless told otherwise.
     """
 
     def __init__(self, backbone="resnet50", lda_out=16, hyper_in=112,
                  target_dims=(224, 112, 56, 28, 14, 1), head_widths=None,
                  multiscale=False, patch_size=224, resize=None, short_side=None,
+                 score_range=None, test_patches=None, test_crops=None,
                  **kwargs):
         super().__init__(**kwargs)
         self.backbone_name = check_backbone_name(backbone)
@@ -73,6 +80,9 @@ class HyperIQA(keras.Model):
         self.patch_size = int(patch_size)
         self.resize = None if resize is None else tuple(int(v) for v in resize)
         self.short_side = None if short_side is None else int(short_side)
+        self.score_range = None if score_range is None else tuple(float(v) for v in score_range)
+        self.test_patches = None if test_patches is None else int(test_patches)
+        self.test_crops = test_crops
 
         self.backbone, self.backbone_features = build_backbone(backbone, self.patch_size)
         self.frozen_backbone_layers = _freeze_unused(self.backbone, self.backbone_features)
@@ -167,8 +177,23 @@ class HyperIQA(keras.Model):
             multiscale=self.multiscale, patch_size=self.patch_size,
             resize=None if self.resize is None else list(self.resize),
             short_side=self.short_side,
+            score_range=None if self.score_range is None else list(self.score_range),
+            test_patches=self.test_patches, test_crops=self.test_crops,
         )
         return config
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True):
+        """Load a HyperIQA keras-hub preset: a local folder or ``hf://user/name``."""
+        from keras_hyperiqa.presets import load_preset
+
+        return load_preset(preset, load_weights=load_weights)
+
+    def save_to_preset(self, preset_dir):
+        """Write this model as a keras-hub preset folder (keras-hub's own saver)."""
+        from keras_hyperiqa.presets import save_preset
+
+        return save_preset(self, preset_dir)
 
     @property
     def preprocessing(self):

@@ -38,6 +38,7 @@ from keras_hyperiqa.training.metrics import (
     image_level_metrics,
     iqa_metrics,
 )
+from keras_hyperiqa.training.keras_fit import ImageCorrelation, PatchPyDataset
 from keras_hyperiqa.training.optimizer import HyperAdam
 from keras_hyperiqa.training.run import (
     round_report,
@@ -53,6 +54,8 @@ __all__ = [
     "HistoryCSVLogger",
     "HyperAdam",
     "HyperIQASchedule",
+    "ImageCorrelation",
+    "PatchPyDataset",
     "Trainer",
     "aggregate_by_image",
     "epoch_rates",

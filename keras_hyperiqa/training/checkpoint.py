@@ -191,9 +191,9 @@ class CheckpointCallback(keras.callbacks.Callback):
     ``next_epoch`` and ``history`` (``trainer.history``, one dict per completed
     epoch), plus ``extra`` (any JSON-able dict, e.g. the run configuration).
 
-    Place it *after* the schedule in the callback list so the saved optimizer
-    already holds the next epoch's rates; resuming is exact either way
-    because the schedule re-applies them in ``on_train_begin``.
+    Resuming is exact wherever it sits in the callback list: the schedule
+    applies each epoch's rates (and, with fix 3 reverted, its fresh slots)
+    in ``on_epoch_begin``.
 
     Args:
         directory: checkpoint directory (created if missing).

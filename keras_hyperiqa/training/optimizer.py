@@ -16,6 +16,7 @@ import keras
 from keras import ops
 
 
+@keras.saving.register_keras_serializable("keras_hyperiqa")
 class HyperAdam(keras.optimizers.Optimizer):
     r"""Adam with coupled L2 decay, torch's epsilon placement and lr multipliers.
 

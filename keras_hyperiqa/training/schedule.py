@@ -90,34 +90,75 @@ class HyperIQASchedule(keras.callbacks.Callback):
     The callback only assigns the optimizer's ``learning_rate`` variable (the
     backbone lr) and the multipliers (backbone 1, hypernet
     ``hypernet_lr / backbone_lr``), plus, with fix 3 reverted, zeroes the
-    slots at the end of each epoch. It never builds an optimizer.
+    slots. It never builds an optimizer.
 
-    ``on_train_begin`` applies the rates for the first epoch that will run
-    (``logs["initial_epoch"]``, default 0), so a resumed run picks up the same
-    rates, and with fix 3 reverted the same fresh slots, that an uninterrupted
-    run has at that epoch.
+    ``on_epoch_begin(epoch)`` applies the rates that train ``epoch`` (a pure
+    function of it, :func:`epoch_rates`), and with fix 3 reverted zeroes the
+    slots before every epoch but the first, as the original's new Adam at the
+    end of each epoch did. Nothing depends on where training started, so a
+    run resumed at epoch ``k`` (``Trainer.fit`` or ``model.fit`` with
+    ``initial_epoch=k``, or a ``BackupAndRestore`` restore) trains with the
+    same rates, and the same fresh slots, as an uninterrupted one.
+
+    Works in ``Trainer.fit`` and in plain ``model.fit``: the optimizer and
+    the two variable groups default to ``self.model.optimizer``,
+    ``self.model.backbone_variables`` and ``self.model.hypernet_variables``.
 
     Args:
-        optimizer: a built ``HyperAdam``.
+        optimizer: a built ``HyperAdam``, or ``None`` for ``model.optimizer``.
         backbone_variables, hypernet_variables: the two disjoint variable
-            groups (``model.backbone_variables``, ``model.hypernet_variables``).
+            groups, or ``None`` for the model's own.
         lr: base learning rate (backbone, epoch 0). Default 2e-5.
         lr_ratio: hypernet / backbone ratio until epoch ``ratio_until + 1``.
         fixes: which fixes are applied.
     """
 
-    def __init__(self, optimizer, backbone_variables, hypernet_variables,
+    def __init__(self, optimizer=None, backbone_variables=None, hypernet_variables=None,
                  lr=2e-5, lr_ratio=10.0, fixes=Fixes(), decay_every=6,
                  ratio_until=8):
         super().__init__()
-        self.optimizer = optimizer
-        self.backbone_variables = list(backbone_variables)
-        self.hypernet_variables = list(hypernet_variables)
+        self._optimizer = optimizer
+        self._backbone_variables = (None if backbone_variables is None
+                                    else list(backbone_variables))
+        self._hypernet_variables = (None if hypernet_variables is None
+                                    else list(hypernet_variables))
         self.lr = float(lr)
         self.lr_ratio = float(lr_ratio)
         self.fixes = fixes
         self.decay_every = decay_every
         self.ratio_until = ratio_until
+
+    @property
+    def optimizer(self):
+        optimizer = self._optimizer
+        if optimizer is None:
+            optimizer = getattr(self.model, "optimizer", None) if self.model is not None else None
+            if optimizer is None:
+                raise ValueError(
+                    "HyperIQASchedule has no optimizer: pass one, or compile the "
+                    "model with a HyperAdam (model.compile(optimizer=HyperAdam(...)))")
+        if not hasattr(optimizer, "set_group_multiplier"):
+            raise ValueError(
+                f"HyperIQASchedule needs a HyperAdam, got {type(optimizer).__name__}")
+        return optimizer
+
+    def _group(self, name):
+        variables = getattr(self, f"_{name}_variables")
+        if variables is None:
+            variables = getattr(self.model, f"{name}_variables", None)
+            if variables is None:
+                raise ValueError(
+                    f"HyperIQASchedule: pass {name}_variables, or use a model "
+                    f"with a {name}_variables property")
+        return variables
+
+    @property
+    def backbone_variables(self):
+        return self._group("backbone")
+
+    @property
+    def hypernet_variables(self):
+        return self._group("hypernet")
 
     def rates(self, epoch):
         """``(backbone_lr, hypernet_lr)`` that train 0-based ``epoch``."""
@@ -126,23 +167,17 @@ class HyperIQASchedule(keras.callbacks.Callback):
 
     def apply_epoch(self, epoch):
         """Assign the learning rate and multipliers for ``epoch``."""
+        optimizer = self.optimizer
         backbone_lr, hypernet_lr = self.rates(epoch)
-        self.optimizer.learning_rate = backbone_lr
-        self.optimizer.set_group_multiplier(self.backbone_variables, 1.0)
+        optimizer.learning_rate = backbone_lr
+        optimizer.set_group_multiplier(self.backbone_variables, 1.0)
         ratio = hypernet_lr / backbone_lr if backbone_lr else 0.0
-        self.optimizer.set_group_multiplier(self.hypernet_variables, ratio)
+        optimizer.set_group_multiplier(self.hypernet_variables, ratio)
 
-    def on_train_begin(self, logs=None):
-        initial_epoch = int((logs or {}).get("initial_epoch", 0))
-        self.apply_epoch(initial_epoch)
-        if initial_epoch > 0 and not self.fixes.optimizer_reset:
-            # The uninterrupted run reset the slots at the end of the
-            # previous epoch; make resuming independent of whether the
-            # checkpoint was written before or after that reset.
-            self.optimizer.reset_slots()
-
-    def on_epoch_end(self, epoch, logs=None):
-        # Computed at the end of epoch t, first acts in epoch t + 1.
-        self.apply_epoch(epoch + 1)
-        if not self.fixes.optimizer_reset:
+    def on_epoch_begin(self, epoch, logs=None):
+        self.apply_epoch(epoch)
+        if epoch > 0 and not self.fixes.optimizer_reset:
+            # The original built a new Adam at the end of every epoch; doing
+            # it at the next epoch's start is the same for training, and a
+            # resumed run resets whether or not its checkpoint was reset.
             self.optimizer.reset_slots()

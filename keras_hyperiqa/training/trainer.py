@@ -38,6 +38,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_hyperiqa import compat
 from keras_hyperiqa.atomic import mkstemp
 from keras_hyperiqa.data.pipeline import prefetch
 from keras_hyperiqa.training import checkpoint as ckpt
@@ -349,15 +350,23 @@ class Trainer:
             self._predictor = Predictor(self.model, strategy=jax_strategy)
         return self._predictor(x)
 
-    def predict(self, source):
-        """Per-image mean score over the source's patches (numpy float64)."""
+    def predict(self, source, callbacks=None):
+        """Per-image mean score over the source's patches (numpy float64).
+
+        ``callbacks``: a ``keras.callbacks.CallbackList`` whose
+        ``on_test_batch_begin/end`` hooks run around each batch.
+        """
         scores, index = [], []
         torch_dp = self.strategy if self.backend == "torch" else None
         for i, (x, image_index) in enumerate(prefetch(source.eval_batches())):
             if torch_dp is not None and not torch_dp.owns_eval_batch(i):
                 continue  # round-robin: another rank scores this batch
+            if callbacks is not None:
+                callbacks.on_test_batch_begin(i)
             scores.append(self.predict_on_batch(x))
             index.append(np.asarray(image_index).reshape(-1))
+            if callbacks is not None:
+                callbacks.on_test_batch_end(i, {"size": len(index[-1])})
         if torch_dp is not None:
             gathered = torch_dp.gather_objects((scores, index))
             scores = [s for part, _ in gathered for s in part]
@@ -369,9 +378,9 @@ class Trainer:
             np.concatenate(scores), np.concatenate(index), num_images
         )
 
-    def evaluate(self, source):
+    def evaluate(self, source, callbacks=None):
         """Image-level ``{"srcc", "plcc", "krcc", "rmse"}`` on an eval source."""
-        return iqa_metrics(self.predict(source), source.labels)
+        return iqa_metrics(self.predict(source, callbacks), source.labels)
 
     # ------------------------------------------------------------------ fit
     def group_learning_rates(self):
@@ -417,7 +426,16 @@ class Trainer:
 
         Callbacks run through ``keras.callbacks.CallbackList`` in the given
         order (put the schedule first); a Keras progress bar is added when
-        ``verbose``. ``on_train_begin`` receives ``{"initial_epoch": ...}``.
+        ``verbose``. As in ``model.fit``: ``model.optimizer`` is this
+        trainer's optimizer while ``fit`` runs (TensorBoard,
+        ReduceLROnPlateau, LearningRateScheduler, BackupAndRestore read it;
+        the previous value is put back afterwards, so a ``.keras`` file saved
+        after training holds no optimizer state), each evaluation runs
+        between ``on_test_begin`` and ``on_test_end`` (logs: the metrics,
+        unprefixed for ``val``, ``test_``-prefixed for ``test``) with
+        ``on_test_batch_*`` per batch, ``model.stop_training`` ends the loop
+        after the epoch (EarlyStopping), and an epoch that BackupAndRestore
+        restores in ``on_train_begin`` overrides ``initial_epoch``.
 
         Returns:
             :attr:`history`.
@@ -432,9 +450,21 @@ class Trainer:
             epochs=epochs,
             steps=steps,
         )
+        previous_optimizer = getattr(self.model, "optimizer", None)
+        self.model.optimizer = self.optimizer
+        try:
+            return self._fit(train, epochs, val, test, callback_list, initial_epoch)
+        finally:
+            self.model.optimizer = previous_optimizer
+
+    def _fit(self, train, epochs, val, test, callback_list, initial_epoch):
         self.stop_training = False
         self.model.stop_training = False
-        callback_list.on_train_begin({"initial_epoch": int(initial_epoch)})
+        compat.clear_restored_initial_epoch(self.model)
+        callback_list.on_train_begin()
+        restored = compat.restored_initial_epoch(self.model)
+        if restored is not None:  # BackupAndRestore found a backup
+            initial_epoch = restored
         logs = {}
         for epoch in range(int(initial_epoch), int(epochs)):
             callback_list.on_epoch_begin(epoch)
@@ -472,7 +502,11 @@ class Trainer:
             logs.update(rates)
             for prefix, source in (("val_", val), ("test_", test)):
                 if source is not None:
-                    for key, value in self.evaluate(source).items():
+                    callback_list.on_test_begin()
+                    metrics = self.evaluate(source, callback_list)
+                    tag = "" if prefix == "val_" else prefix
+                    callback_list.on_test_end({tag + k: v for k, v in metrics.items()})
+                    for key, value in metrics.items():
                         logs[prefix + key] = value
             self.history.append({"epoch": epoch, **logs})
             callback_list.on_epoch_end(epoch, dict(logs))
