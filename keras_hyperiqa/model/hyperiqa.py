@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_hyperiqa.model.backbones import build_backbone, check_backbone_name, is_swin
-from keras_hyperiqa.model.layers import HyperHead, LDATap, target_network
+from keras_hyperiqa.model.layers import HyperHead, LDATap, adaptive_avg_pool, target_network
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -193,9 +193,5 @@ def _freeze_unused(backbone, features):
 
 
 def _avg_pool_to(x, size, data_format="channels_last"):
-    """Adaptive average pooling to ``size`` x ``size`` when the map divides evenly."""
-    h = x.shape[1] if data_format == "channels_last" else x.shape[2]
-    if h == size:
-        return x
-    k = h // size
-    return ops.average_pool(x, k, k, "valid", data_format=data_format)
+    """Adaptive average pooling to ``size`` x ``size`` (torch's bins, any map size)."""
+    return adaptive_avg_pool(x, size, data_format)

@@ -8,6 +8,7 @@ weights load without permutation.
 """
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from keras_hyperiqa.model.initializers import (
@@ -26,6 +27,38 @@ def channels_first_flatten(x, data_format="channels_last"):
 
 def _spatial_axes(data_format):
     return (1, 2) if data_format == "channels_last" else (2, 3)
+
+
+def _pool_matrix(size_in, size_out):
+    """(out, in) averaging weights of adaptive average pooling along one axis.
+
+    Bin ``i`` covers ``floor(i * in / out)`` to ``ceil((i + 1) * in / out)``
+    (exclusive), torch's ``adaptive_avg_pool2d`` bins: equal-width windows
+    when ``in`` divides by ``out``, overlapping or uneven ones otherwise.
+    """
+    m = np.zeros((size_out, size_in), dtype="float32")
+    for i in range(size_out):
+        start = (i * size_in) // size_out
+        end = -((-(i + 1) * size_in) // size_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x, size, data_format="channels_last"):
+    """Adaptive average pooling of a 4-D map to ``size`` x ``size``, any input size.
+
+    Written as two small matrix products over the spatial axes, so uneven
+    sizes get torch's bins rather than a silently truncated window.
+    """
+    h_axis, w_axis = _spatial_axes(data_format)
+    h, w = x.shape[h_axis], x.shape[w_axis]
+    if h == size and w == size:
+        return x
+    ph = ops.convert_to_tensor(_pool_matrix(h, size), dtype=x.dtype)
+    pw = ops.convert_to_tensor(_pool_matrix(w, size), dtype=x.dtype)
+    if data_format == "channels_last":
+        return ops.einsum("ih,jw,bhwc->bijc", ph, pw, x)
+    return ops.einsum("ih,jw,bchw->bcij", ph, pw, x)
 
 
 def _map_shape(size, channels, data_format):
