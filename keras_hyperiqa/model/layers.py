@@ -141,9 +141,14 @@ class HyperHead(layers.Layer):
 
     def __init__(self, in_channels, widths=(1024, 512), hyper_in=112,
                  target_dims=(224, 112, 56, 28, 14, 1), feature_size=7,
-                 data_format="channels_last", **kwargs):
+                 data_format="channels_last", dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.data_format = data_format
+        self.dropout_rate = float(dropout)
+        # The Swin fork's Dropout on the feature map the generators read
+        # (training only); no layer at rate 0, so older models are unchanged.
+        self.dropout = (layers.Dropout(self.dropout_rate, name="dropout")
+                        if self.dropout_rate > 0 else None)
         self.in_channels = int(in_channels)
         self.widths = tuple(int(w) for w in widths)
         self.hyper_in = int(hyper_in)
@@ -201,9 +206,11 @@ class HyperHead(layers.Layer):
         for gen in self.bias_generators:
             gen.build((None, self.hyper_in))
 
-    def call(self, x):
+    def call(self, x, training=None):
         for conv in self.conv1:
             x = conv(x)
+        if self.dropout is not None:
+            x = self.dropout(x, training=training)
         pooled = ops.mean(x, axis=_spatial_axes(self.data_format))
         params = []
         dims = self.target_dims
@@ -224,13 +231,16 @@ class HyperHead(layers.Layer):
             "in_channels": self.in_channels, "widths": list(self.widths),
             "hyper_in": self.hyper_in, "target_dims": list(self.target_dims),
             "feature_size": self.feature_size, "data_format": self.data_format,
+            "dropout": self.dropout_rate,
         }
 
 
-def target_network(x, params):
+def target_network(x, params, dropout=None, training=None):
     """The target net: ``x <- W[b] @ x[b] + bias[b]`` per sample, sigmoid between layers.
 
     No variables of its own; gradients flow into the generated ``params``.
+    ``dropout`` (a ``Dropout`` layer or None): the Swin fork's dropout after
+    every sigmoid but the last (between layers 1-2, 2-3 and 3-4 of five).
     Returns the last layer's output with its singleton axis dropped: (B,).
     """
     last = len(params) - 1
@@ -238,4 +248,54 @@ def target_network(x, params):
         x = ops.einsum("boi,bi->bo", w, x) + b
         if k < last:
             x = ops.sigmoid(x)
+            if dropout is not None and k < last - 1:
+                x = dropout(x, training=training)
     return ops.squeeze(x, axis=-1)
+
+
+@keras.saving.register_keras_serializable("keras_hyperiqa")
+class MultiScaleAttention(layers.Layer):
+    """The Swin fork's attention-based multi-scale fusion (``MultiScaleAttention``).
+
+    The stage maps are adaptive-average-pooled to ``size`` x ``size``; the
+    last stage, globally pooled, feeds ``fc1`` (ReLU) -> Dropout(0.5) ->
+    ``fc2`` -> softmax: one weight per stage and image. Each pooled map is
+    scaled by its weight and the maps are concatenated on the channel axis.
+    ``call`` returns ``(fused map, weights (B, stages))``.
+    """
+
+    def __init__(self, in_channels, size=7, hidden=256, dropout=0.5,
+                 data_format="channels_last", **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels = tuple(int(c) for c in in_channels)
+        self.size = int(size)
+        self.hidden = int(hidden)
+        self.dropout_rate = float(dropout)
+        self.data_format = data_format
+        # The fork's init: N(0, 0.01) weights, zero biases (near-uniform weights at start).
+        init = keras.initializers.RandomNormal(stddev=0.01)
+        self.fc1 = layers.Dense(self.hidden, activation="relu", kernel_initializer=init,
+                                bias_initializer="zeros", name="fc1")
+        self.dropout = layers.Dropout(self.dropout_rate, name="dropout")
+        self.fc2 = layers.Dense(len(self.in_channels), kernel_initializer=init,
+                                bias_initializer="zeros", name="fc2")
+
+    def build(self, input_shape=None):
+        self.fc1.build((None, self.in_channels[-1]))
+        self.fc2.build((None, self.hidden))
+
+    def call(self, stages, training=None):
+        axes = _spatial_axes(self.data_format)
+        pooled = [adaptive_avg_pool(f, self.size, self.data_format) for f in stages]
+        g = ops.mean(stages[-1], axis=axes)
+        weights = ops.softmax(self.fc2(self.dropout(self.fc1(g), training=training)), axis=-1)
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        scaled = [p * ops.reshape(weights[:, i], (-1, 1, 1, 1)) for i, p in enumerate(pooled)]
+        return ops.concatenate(scaled, axis=channel_axis), weights
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "in_channels": list(self.in_channels), "size": self.size, "hidden": self.hidden,
+            "dropout": self.dropout_rate, "data_format": self.data_format,
+        }

@@ -79,6 +79,18 @@ SWIN_CONFIGS = {
         "patch_size": 4,
         "image_size": 224,
     },
+    # A small Swin for CPU tests and demos (no ImageNet weights): the
+    # architecture of swin_tiny (two blocks per stage, so shifted windows
+    # run in every stage) at a sixth of its width.
+    "swin_micro": {
+        "timm_name": None,
+        "embed_dim": 16,
+        "depths": (2, 2, 2, 2),
+        "num_heads": (1, 1, 2, 2),
+        "window_size": 7,
+        "patch_size": 4,
+        "image_size": 224,
+    },
 }
 
 
@@ -90,7 +102,7 @@ def resolve_swin_name(name):
         if name == cfg["timm_name"]:
             return key
     known = ", ".join(
-        [*SWIN_CONFIGS, *(c["timm_name"] for c in SWIN_CONFIGS.values())]
+        [*SWIN_CONFIGS, *(c["timm_name"] for c in SWIN_CONFIGS.values() if c["timm_name"])]
     )
     raise UserError(f"unknown Swin backbone {name!r}; known: {known}")
 
