@@ -162,7 +162,7 @@ def test_attention_is_in_the_hypernet_group(cases):
 def test_drop_path_rates_are_timms(cases):
     """Stochastic depth rises linearly over the blocks, as in the fork's timm Swin."""
     model = cases["attention"]["model"]
-    ours = [float(getattr(b.drop_path, "drop_prob", 0.0))
+    ours = [float(getattr(b.drop_path, "rate", 0.0))
             for stage in model.backbone.stages for b in stage.blocks]
     theirs = [float(getattr(m, "drop_prob", 0.0)) for n, m in cases["attention"]["net"].named_modules()
               if n.endswith("drop_path1")]
@@ -269,3 +269,67 @@ def test_swin_tiny_checkpoint_parity(tmp_path):
     """
     jax_scores = json.loads(run_backend("jax", code).split("RESULT", 1)[1])
     _check_scores(jax_scores, scores, "jax swin_tiny")
+
+
+_JAX_STEP = """
+    import json, numpy as np, keras, keras_hyperiqa
+    from keras_hyperiqa.training import HyperAdam, Trainer
+    m = keras.saving.load_model({path!r})
+    x, y = np.load({x!r}), np.load({y!r})
+    before = [np.array(v.value) for v in m.trainable_variables]
+    trainer = Trainer(m, HyperAdam(learning_rate=1e-4, weight_decay=5e-4))
+    loss = trainer.train_step(x, y)
+    delta = [np.array(v.value) - b for v, b in zip(m.trainable_variables, before)]
+    np.savez({out!r}, *delta)
+    print("RESULT" + json.dumps(dict(loss=float(loss),
+                                     predictions=np.asarray(trainer.last_predictions).tolist())))
+"""
+
+
+def test_seeded_training_step_equal_on_torch_and_jax(x, tmp_path):
+    """Dropout, the fusion's dropout and drop-path all draw, and draw the same
+    masks on both backends: one Trainer step from the same file gives the same
+    loss, predictions and weight updates."""
+    from keras_hyperiqa.training import HyperAdam, Trainer
+
+    keras.utils.set_random_seed(3)
+    model = HyperIQA(backbone="swin_micro", multiscale=True, attention=True, dropout=0.3, drop_path=0.2)
+    model.build((None, 224, 224, 3))
+    path = tmp_path / "fork.keras"
+    model.save(path)
+    xs, ys = x[:4], np.array([30.0, 45.0, 60.0, 80.0], "float32")
+    np.save(tmp_path / "x.npy", xs)
+    np.save(tmp_path / "y.npy", ys)
+    eval_scores = _np(model(xs, training=False))
+    before = [_np(v).copy() for v in model.trainable_variables]
+    trainer = Trainer(model, HyperAdam(learning_rate=1e-4, weight_decay=5e-4))
+    loss = trainer.train_step(xs, ys)
+    predictions = _np(trainer.last_predictions)
+    delta = [_np(v) - b for v, b in zip(model.trainable_variables, before)]
+    # The step's forward is a training one: masks were drawn.
+    assert np.abs(predictions - eval_scores).max() > 1e-4 * np.abs(eval_scores).max()
+
+    out = tmp_path / "jax_delta.npz"
+    code = _JAX_STEP.format(path=str(path), x=str(tmp_path / "x.npy"), y=str(tmp_path / "y.npy"),
+                            out=str(out))
+    result = json.loads(run_backend("jax", code).split("RESULT", 1)[1])
+    jax_delta = np.load(out)
+    jax_delta = [jax_delta[f"arr_{i}"] for i in range(len(jax_delta.files))]
+    scale = np.abs(predictions).max()
+    pred_err = np.abs(np.array(result["predictions"]) - predictions).max() / scale
+    step_err = max(float(np.abs(a - b).max()) for a, b in zip(delta, jax_delta))
+    largest = max(float(np.abs(d).max()) for d in delta)
+    flat = np.concatenate([d.ravel() for d in delta])
+    flat_jax = np.concatenate([d.ravel() for d in jax_delta])
+    l2_err = float(np.linalg.norm(flat - flat_jax) / np.linalg.norm(flat))
+    print(f"\ntorch vs jax training step: loss {loss:.6f} / {result['loss']:.6f}, "
+          f"predictions rel {pred_err:.1e}, weight updates max diff {step_err:.1e} (largest update "
+          f"{largest:.1e}), relative L2 {l2_err:.1e}, "
+          f"share off by > 1% of the largest {np.mean(np.abs(flat - flat_jax) > 0.01 * largest):.1e}")
+    # float32 forwards in another order: ~1e-6 relative; one differing mask
+    # moves a prediction by far more than 1e-4 of the largest.
+    assert pred_err <= 1e-4
+    assert abs(result["loss"] - loss) <= 1e-4 * abs(loss)
+    # Adam's first step is about lr * sign(grad) per weight; updates agree
+    # to a small part of that except where a gradient is ~0 on both.
+    assert l2_err <= 1e-3 and step_err <= 0.1 * largest

@@ -77,7 +77,7 @@ def compute_data_format(name):
     return "channels_last"
 
 
-def build_backbone(name, image_size=224, drop_path=0.0):
+def build_backbone(name, image_size=224, drop_path=0.0, seed=0):
     """Return ``(backbone, features)`` for a backbone name.
 
     The feature model takes and returns the layout of
@@ -93,7 +93,8 @@ def build_backbone(name, image_size=224, drop_path=0.0):
     if is_swin(name):
         from keras_hyperiqa.model import swin
 
-        backbone = swin.build_swin_backbone(name, image_size=image_size, drop_path=drop_path)
+        backbone = swin.build_swin_backbone(name, image_size=image_size, drop_path=drop_path,
+                                            seed=seed)
         return backbone, swin.swin_feature_model(backbone)
 
     from keras_hub.models import ResNetBackbone

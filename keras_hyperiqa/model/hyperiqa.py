@@ -1,16 +1,17 @@
 """The HyperIQA model (Su et al., CVPR 2020) as a Keras 3 model."""
 
+import random
+
 import keras
 from keras import ops
 
 from keras_hyperiqa.model.backbones import build_backbone, check_backbone_name, is_swin
-from keras import layers
-
 from keras_hyperiqa.errors import UserError
 from keras_hyperiqa.model.layers import (
     HyperHead,
     LDATap,
     MultiScaleAttention,
+    SeededDropout,
     adaptive_avg_pool,
     target_network,
 )
@@ -68,6 +69,10 @@ class HyperIQA(keras.Model):
             target-network layers 1-2, 2-3 and 3-4. 0 adds no layer.
         drop_path: Swin stochastic depth rate (the fork's 0.2), training only,
             rising linearly over the blocks as in timm.
+        seed: seed of the dropout / drop-path masks (drawn from Python's
+            ``random``, which ``keras.utils.set_random_seed`` seeds, when
+            None; kept in the config). The masks are the same bits on torch
+            and jax, so a seeded training step is too.
         patch_size: input patch size (224).
         resize: inference preprocessing carried with the model: ``(H, W)`` to
             resize each image to before cropping, or ``None``.
@@ -78,7 +83,7 @@ class HyperIQA(keras.Model):
     def __init__(self, backbone="resnet50", lda_out=16, hyper_in=112,
                  target_dims=(224, 112, 56, 28, 14, 1), head_widths=None,
                  multiscale=False, patch_size=224, resize=None, short_side=None,
-                 attention=False, dropout=0.0, drop_path=0.0, **kwargs):
+                 attention=False, dropout=0.0, drop_path=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone_name = check_backbone_name(backbone)
         self.lda_out = int(lda_out)
@@ -91,6 +96,7 @@ class HyperIQA(keras.Model):
         self.attention = bool(attention)
         self.dropout = float(dropout)
         self.drop_path = float(drop_path)
+        self.seed = int(random.randrange(1 << 30) if seed is None else seed)
         if self.attention and not self.multiscale:
             raise UserError("attention fusion weights the four stages: it needs multiscale")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.drop_path < 1.0:
@@ -100,7 +106,7 @@ class HyperIQA(keras.Model):
         self.short_side = None if short_side is None else int(short_side)
 
         self.backbone, self.backbone_features = build_backbone(
-            backbone, self.patch_size, drop_path=self.drop_path)
+            backbone, self.patch_size, drop_path=self.drop_path, seed=self.seed)
         self.frozen_backbone_layers = _freeze_unused(self.backbone, self.backbone_features)
         # The taps and head compute in the backbone's layout (channels-first
         # for ResNets on torch), so the stage maps are never transposed.
@@ -118,16 +124,18 @@ class HyperIQA(keras.Model):
         ]
         head_in = sum(s[-1] for s in shapes) if self.multiscale else shapes[-1][-1]
         self.stage_shapes = shapes
+        # Seeds below ``self.seed`` + 1000 belong to the backbone's drop paths.
         self.fusion = (MultiScaleAttention([s[-1] for s in shapes], size=self.feature_size,
-                                           data_format=self.data_format,
+                                           data_format=self.data_format, seed=self.seed + 1001,
                                            name="multiscale_attention")
                        if self.attention else None)
         self.hyper_head = HyperHead(
             in_channels=head_in, widths=self.head_widths, hyper_in=self.hyper_in,
             target_dims=self.target_dims, feature_size=self.feature_size,
-            data_format=self.data_format, dropout=self.dropout, name="hyper_head",
+            data_format=self.data_format, dropout=self.dropout, seed=self.seed + 1002,
+            name="hyper_head",
         )
-        self.target_dropout = (layers.Dropout(self.dropout, name="target_dropout")
+        self.target_dropout = (SeededDropout(self.dropout, seed=self.seed + 1003, name="target_dropout")
                                if self.dropout > 0 else None)
         self._mean = [255.0 * m for m in IMAGENET_MEAN]
         self._std = [255.0 * s for s in IMAGENET_STD]
@@ -212,7 +220,7 @@ class HyperIQA(keras.Model):
             backbone=self.backbone_name, lda_out=self.lda_out, hyper_in=self.hyper_in,
             target_dims=list(self.target_dims), head_widths=list(self.head_widths),
             multiscale=self.multiscale, attention=self.attention, dropout=self.dropout,
-            drop_path=self.drop_path, patch_size=self.patch_size,
+            drop_path=self.drop_path, seed=self.seed, patch_size=self.patch_size,
             resize=None if self.resize is None else list(self.resize),
             short_side=self.short_side,
         )
