@@ -333,3 +333,33 @@ def test_seeded_training_step_equal_on_torch_and_jax(x, tmp_path):
     # Adam's first step is about lr * sign(grad) per weight; updates agree
     # to a small part of that except where a gradient is ~0 on both.
     assert l2_err <= 1e-3 and step_err <= 0.1 * largest
+
+
+def _numpy_counter_uniform(n, seed, counter):
+    """``counter_uniform`` in numpy uint32 arithmetic (wrapping by definition)."""
+    def mix(h):
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> np.uint32(13))
+        h = h * np.uint32(0xC2B2AE35)
+        return h ^ (h >> np.uint32(16))
+
+    with np.errstate(over="ignore"):
+        key = mix(np.uint32(counter) * np.uint32(0x9E3779B1) + np.uint32(seed))
+        h = mix(np.arange(n, dtype=np.uint32) * np.uint32(0x27D4EB2F) + key)
+    return (h >> np.uint32(8)).astype(np.float32) / np.float32(1 << 24)
+
+
+def test_counter_uniform_is_the_uint32_hash():
+    """The int32 ops (wrapping multiply, masked arithmetic shift) give the
+    bits of the unsigned hash; the draws are uniform and change with the
+    counter and the seed."""
+    from keras_hyperiqa.model.layers import counter_uniform
+
+    n = 200_000
+    ours = _np(counter_uniform((n,), 12345, 7))
+    np.testing.assert_array_equal(ours, _numpy_counter_uniform(n, 12345, 7))
+    assert abs(ours.mean() - 0.5) < 0.005 and ours.min() >= 0 and ours.max() < 1
+    assert abs(np.mean(ours < 0.3) - 0.3) < 0.005
+    assert np.mean(ours == _np(counter_uniform((n,), 12345, 8))) < 1e-3
+    assert np.mean(ours == _np(counter_uniform((n,), 12346, 7))) < 1e-3
