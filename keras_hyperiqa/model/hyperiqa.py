@@ -96,7 +96,10 @@ class HyperIQA(keras.Model):
         self.attention = bool(attention)
         self.dropout = float(dropout)
         self.drop_path = float(drop_path)
-        self.seed = int(random.randrange(1 << 30) if seed is None else seed)
+        if seed is None:  # no draw for a model without random layers: the seeded stream stays as it was
+            stochastic = self.attention or self.dropout > 0 or self.drop_path > 0
+            seed = random.randrange(1 << 30) if stochastic else 0
+        self.seed = int(seed)
         if self.attention and not self.multiscale:
             raise UserError("attention fusion weights the four stages: it needs multiscale")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.drop_path < 1.0:
