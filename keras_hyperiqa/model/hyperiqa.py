@@ -96,7 +96,7 @@ class HyperIQA(keras.Model):
         self.attention = bool(attention)
         self.dropout = float(dropout)
         self.drop_path = float(drop_path)
-        if seed is None:  # no draw for a model without random layers: the seeded stream stays as it was
+        if seed is None:  # a model without random layers draws nothing from Python's stream
             stochastic = self.attention or self.dropout > 0 or self.drop_path > 0
             seed = random.randrange(1 << 30) if stochastic else 0
         self.seed = int(seed)
