@@ -19,7 +19,7 @@ from keras_hyperiqa.errors import UserError
 BACKENDS = ("torch", "jax")
 DATASETS = ("live", "csiq", "tid2013", "livec", "koniq", "bid", "kadid", "spaq", "csv")
 BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                    "resnet_tiny", "swin_tiny", "swin_small", "swin_base")
+                    "resnet_tiny", "swin_tiny", "swin_small", "swin_base", "swin_micro")
 FIXES = ("filter", "backbone-decay", "optimizer-reset")
 
 
@@ -114,6 +114,12 @@ def _fit_options(f):
         click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
                      help="Start from this .keras model (fine-tune a converted or earlier model)."),
         click.option("--multiscale", is_flag=True, help="Swin: feed all four stages to the head."),
+        click.option("--attention", is_flag=True,
+                     help="With --multiscale: the Swin fork's (SMART-IQA) attention-weighted stage fusion."),
+        click.option("--dropout", type=float, default=0.0, show_default=True,
+                     help="Dropout on the head's map and inside the target net, training only (the Swin fork: 0.3)."),
+        click.option("--drop-path", type=float, default=0.0, show_default=True,
+                     help="Swin stochastic depth rate, training only (the Swin fork: 0.2)."),
         click.option("--epochs", type=int, default=None, help="Epochs [16; demo 4]."),
         click.option("--batch-size", type=int, default=None, help="Patches per batch [96; demo 32]."),
         click.option("--lr", type=float, default=None, help="Backbone learning rate [2e-5; demo 5e-4]."),
@@ -158,9 +164,17 @@ def _fit_config(kw, out):
                                    "lr_ratio", "decay_every", "weight_decay", "train_patches", "test_patches",
                                    "val_fraction") if kw.get(k) is not None}
     options = {**base, **explicit}
+    if kw["attention"] and not kw["multiscale"]:
+        raise UserError("--attention weights the four stages of --multiscale: add --multiscale")
+    if kw["drop_path"] and not options.get("backbone", "resnet50").startswith("swin"):
+        raise UserError("--drop-path (stochastic depth) needs a Swin --backbone")
+    for name in ("dropout", "drop_path"):
+        if not 0.0 <= kw[name] < 1.0:
+            raise UserError(f"--{name.replace('_', '-')} {kw[name]}: must be in [0, 1)")
     return FitConfig(
         dataset=kw["dataset"], root=kw["root"], label_column=kw["label_column"],
-        init=kw["init"], multiscale=kw["multiscale"], resize=_parse_hw(kw["resize"], "--resize"),
+        init=kw["init"], multiscale=kw["multiscale"], attention=kw["attention"], dropout=kw["dropout"],
+        drop_path=kw["drop_path"], resize=_parse_hw(kw["resize"], "--resize"),
         rounds=kw["rounds"], seed=kw["seed"], split=kw["split"], test_crops=kw["test_crops"],
         revert_fix=list(kw.get("revert_fix") or ()), skip_invalid=kw["skip_invalid"],
         workers=kw["workers"], precision=kw["precision"], out=out, **options,
@@ -337,8 +351,9 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
 def convert(src, dst, preset_dir, resize, backend):
     """Convert a HyperIQA checkpoint to .keras.
 
-    SRC: the original's koniq_pretrained.pkl or pyiqa's HyperIQA .pth (its
-    state dict under 'params'); the format is detected from the keys. The
+    SRC: the original's koniq_pretrained.pkl, pyiqa's HyperIQA .pth (its
+    state dict under 'params') or a SMART-IQA (Swin fork) HyperNet state dict;
+    the format is detected from the keys. The
     model records the weights' score range (original: KonIQ MOS_zscore,
     0-100; pyiqa: MOS normalised to 0-1) and test crops (25), which predict
     and evaluate use. DST.keras, --preset DIR (a keras-hub preset folder), or both.

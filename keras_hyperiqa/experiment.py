@@ -69,6 +69,9 @@ class FitConfig:
     backbone_weights: str | None = None  # path, preset name or "none"
     init: str | None = None  # a .keras model to fine-tune
     multiscale: bool = False
+    attention: bool = False  # the Swin fork's attention fusion (needs multiscale)
+    dropout: float = 0.0
+    drop_path: float = 0.0
     epochs: int = 16
     batch_size: int = 96
     lr: float = 2e-5
@@ -219,6 +222,7 @@ def build_model(config, resize, short_side):
         model.resize, model.short_side = resize, short_side
         return model
     model = HyperIQA(backbone=config.backbone, multiscale=config.multiscale,
+                     attention=config.attention, dropout=config.dropout, drop_path=config.drop_path,
                      patch_size=config.patch_size, resize=resize, short_side=short_side)
     model.build((None, config.patch_size, config.patch_size, 3))
     weights = config.backbone_weights

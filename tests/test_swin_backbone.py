@@ -143,7 +143,7 @@ def loaded_backbone(timm_case):
 
 
 def test_configs_and_channels(loaded_backbone):
-    assert set(SWIN_CONFIGS) == {"swin_tiny", "swin_small", "swin_base"}
+    assert set(SWIN_CONFIGS) == {"swin_tiny", "swin_small", "swin_base", "swin_micro"}
     assert stage_channels(loaded_backbone) == (96, 192, 384, 768)
     with pytest.raises(UserError, match="unknown Swin"):
         build_swin_backbone("swin_huge")

@@ -9,7 +9,8 @@ one of those keys: (our variable, their key, transform).
 pyiqa's HyperIQA (``pyiqa/archs/hypernet_arch.py``, class ``HyperNet``) holds
 the same tensors under other module names, in a dict ``{"params": ...}``:
 :func:`pyiqa_to_original` renames them (no reshaping), and
-:func:`load_checkpoint` tells the two formats apart by their keys.
+:func:`load_checkpoint` tells the formats apart by their keys (a Swin fork
+checkpoint, ``swin.backbone.*``, goes to :mod:`keras_hyperiqa.convert.smart_iqa`).
 """
 
 import os
@@ -66,16 +67,19 @@ def pyiqa_to_original(tensors):
 
 
 def detect_format(tensors, source):
-    """``"original"`` or ``"pyiqa"`` from the keys; otherwise a ``UserError`` listing them."""
+    """``"original"``, ``"pyiqa"`` or ``"smart_iqa"`` from the keys; otherwise a ``UserError`` listing them."""
     keys = list(tensors)
+    if any(k.startswith("swin.backbone.") for k in keys):
+        return "smart_iqa"
     if any(k.startswith("res.") for k in keys):
         return "original"
     if any(k.startswith(("base_model.", "lda_modules.", "fc_w_modules.")) for k in keys):
         return "pyiqa"
     shown = ", ".join(keys[:12]) + (f" ... ({len(keys)} keys)" if len(keys) > 12 else "")
     raise UserError(
-        f"{source}: not a HyperIQA checkpoint (neither the original's 'res.*' keys nor "
-        f"pyiqa's 'base_model.*'/'lda_modules.*' keys); unexpected keys: {shown}"
+        f"{source}: not a HyperIQA checkpoint (none of the original's 'res.*', pyiqa's "
+        f"'base_model.*'/'lda_modules.*' or SMART-IQA's 'swin.backbone.*' keys); "
+        f"unexpected keys: {shown}"
     )
 
 
@@ -123,7 +127,7 @@ _DEFAULT = object()
 
 
 def load_checkpoint(src, resize=_DEFAULT):
-    """A ``HyperIQA`` (ResNet-50) from an original or a pyiqa checkpoint.
+    """A ``HyperIQA`` from an original, a pyiqa or a SMART-IQA (Swin fork) checkpoint.
 
     The format is detected from the keys. The model records the format's
     score range and test crops, and its resize (the original: KonIQ's
@@ -134,6 +138,11 @@ def load_checkpoint(src, resize=_DEFAULT):
     tensors = read_state_dict(src)
     source = os.fspath(src)
     fmt = detect_format(tensors, source)
+    if fmt == "smart_iqa":
+        from keras_hyperiqa.convert.smart_iqa import load_smart_iqa
+
+        kwargs = {} if resize is _DEFAULT else {"resize": resize}
+        return load_smart_iqa(src, tensors=tensors, **kwargs)
     if fmt == "pyiqa":
         tensors = pyiqa_to_original(tensors)
     return _build(tensors, source, fmt, resize)
@@ -176,7 +185,7 @@ def _build(tensors, source, fmt, resize=_DEFAULT):
 
 
 def convert_original_checkpoint(src, dst, resize=_DEFAULT):
-    """Convert an original or pyiqa checkpoint to a ``.keras`` file, written atomically.
+    """Convert an original, pyiqa or SMART-IQA checkpoint to a ``.keras`` file, written atomically.
 
     Nothing is written to ``dst`` unless the whole conversion succeeds.
     ``resize``: as in :func:`load_checkpoint` (default: the format's).

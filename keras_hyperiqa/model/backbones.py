@@ -30,7 +30,7 @@ _RESNET_TINY = dict(
     input_conv_kernel_sizes=[7],
 )
 
-SWIN_NAMES = ("swin_tiny", "swin_small", "swin_base")
+SWIN_NAMES = ("swin_tiny", "swin_small", "swin_base", "swin_micro")
 BACKBONES = tuple(_RESNET_BLOCKS) + ("resnet_tiny",) + SWIN_NAMES
 
 
@@ -77,7 +77,7 @@ def compute_data_format(name):
     return "channels_last"
 
 
-def build_backbone(name, image_size=224):
+def build_backbone(name, image_size=224, drop_path=0.0, seed=0):
     """Return ``(backbone, features)`` for a backbone name.
 
     The feature model takes and returns the layout of
@@ -88,10 +88,13 @@ def build_backbone(name, image_size=224):
     channels-last, strides 4, 8, 16, 32.
     """
     check_backbone_name(name)
+    if drop_path and not is_swin(name):
+        raise UserError(f"drop-path (stochastic depth) is a Swin option; {name} has none")
     if is_swin(name):
         from keras_hyperiqa.model import swin
 
-        backbone = swin.build_swin_backbone(name, image_size=image_size)
+        backbone = swin.build_swin_backbone(name, image_size=image_size, drop_path=drop_path,
+                                            seed=seed)
         return backbone, swin.swin_feature_model(backbone)
 
     from keras_hub.models import ResNetBackbone

@@ -1,10 +1,20 @@
 """The HyperIQA model (Su et al., CVPR 2020) as a Keras 3 model."""
 
+import random
+
 import keras
 from keras import ops
 
 from keras_hyperiqa.model.backbones import build_backbone, check_backbone_name, is_swin
-from keras_hyperiqa.model.layers import HyperHead, LDATap, target_network
+from keras_hyperiqa.errors import UserError
+from keras_hyperiqa.model.layers import (
+    HyperHead,
+    LDATap,
+    MultiScaleAttention,
+    SeededDropout,
+    adaptive_avg_pool,
+    target_network,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,7 +36,8 @@ class HyperIQA(keras.Model):
 
     Variable groups, as the original solver groups them:
     ``backbone_variables`` (backbone + LDA taps) and ``hypernet_variables``
-    (head ``conv1`` + generators); together they are exactly
+    (head ``conv1`` + generators, and the attention fusion: the Swin fork's
+    solver puts everything outside ``swin`` there); together they are exactly
     ``trainable_variables``, each variable in one group.
 
     Backbone layers the forward never runs are frozen (``trainable=False``):
@@ -50,6 +61,18 @@ class HyperIQA(keras.Model):
         head_widths: widths of the first two ``conv1`` convs; default (1024, 512)
             for ResNets and (512, 256) for Swin, as in the original code.
         multiscale: feed all four stages to the head (the Swin fork's option).
+        attention: with ``multiscale``, weight the pooled stages by the Swin
+            fork's ``MultiScaleAttention`` before concatenating them
+            (``fusion_weights`` returns the per-image weights).
+        dropout: the Swin fork's dropout rate (it uses 0.3), training only:
+            on the head's feature map before the generators and between
+            target-network layers 1-2, 2-3 and 3-4. 0 adds no layer.
+        drop_path: Swin stochastic depth rate (the fork's 0.2), training only,
+            rising linearly over the blocks as in timm.
+        seed: seed of the dropout / drop-path masks (drawn from Python's
+            ``random``, which ``keras.utils.set_random_seed`` seeds, when
+            None; kept in the config). The masks are the same bits on torch
+            and jax, so a seeded training step is too.
         patch_size: input patch size (224).
         resize: inference preprocessing carried with the model: ``(H, W)`` to
             resize each image to before cropping, or ``None``.
@@ -67,7 +90,7 @@ class HyperIQA(keras.Model):
                  target_dims=(224, 112, 56, 28, 14, 1), head_widths=None,
                  multiscale=False, patch_size=224, resize=None, short_side=None,
                  score_range=None, test_patches=None, test_crops=None,
-                 **kwargs):
+                 attention=False, dropout=0.0, drop_path=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone_name = check_backbone_name(backbone)
         self.lda_out = int(lda_out)
@@ -77,6 +100,17 @@ class HyperIQA(keras.Model):
             head_widths = (512, 256) if is_swin(backbone) else (1024, 512)
         self.head_widths = tuple(int(w) for w in head_widths)
         self.multiscale = bool(multiscale)
+        self.attention = bool(attention)
+        self.dropout = float(dropout)
+        self.drop_path = float(drop_path)
+        if seed is None:  # a model without random layers draws nothing from Python's stream
+            stochastic = self.attention or self.dropout > 0 or self.drop_path > 0
+            seed = random.randrange(1 << 30) if stochastic else 0
+        self.seed = int(seed)
+        if self.attention and not self.multiscale:
+            raise UserError("attention fusion weights the four stages: it needs multiscale")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.drop_path < 1.0:
+            raise UserError(f"dropout {self.dropout} and drop-path {self.drop_path} must be in [0, 1)")
         self.patch_size = int(patch_size)
         self.resize = None if resize is None else tuple(int(v) for v in resize)
         self.short_side = None if short_side is None else int(short_side)
@@ -84,7 +118,8 @@ class HyperIQA(keras.Model):
         self.test_patches = None if test_patches is None else int(test_patches)
         self.test_crops = test_crops
 
-        self.backbone, self.backbone_features = build_backbone(backbone, self.patch_size)
+        self.backbone, self.backbone_features = build_backbone(
+            backbone, self.patch_size, drop_path=self.drop_path, seed=self.seed)
         self.frozen_backbone_layers = _freeze_unused(self.backbone, self.backbone_features)
         # The taps and head compute in the backbone's layout (channels-first
         # for ResNets on torch), so the stage maps are never transposed.
@@ -102,17 +137,27 @@ class HyperIQA(keras.Model):
         ]
         head_in = sum(s[-1] for s in shapes) if self.multiscale else shapes[-1][-1]
         self.stage_shapes = shapes
+        # Seeds below ``self.seed`` + 1000 belong to the backbone's drop paths.
+        self.fusion = (MultiScaleAttention([s[-1] for s in shapes], size=self.feature_size,
+                                           data_format=self.data_format, seed=self.seed + 1001,
+                                           name="multiscale_attention")
+                       if self.attention else None)
         self.hyper_head = HyperHead(
             in_channels=head_in, widths=self.head_widths, hyper_in=self.hyper_in,
             target_dims=self.target_dims, feature_size=self.feature_size,
-            data_format=self.data_format, name="hyper_head",
+            data_format=self.data_format, dropout=self.dropout, seed=self.seed + 1002,
+            name="hyper_head",
         )
+        self.target_dropout = (SeededDropout(self.dropout, seed=self.seed + 1003, name="target_dropout")
+                               if self.dropout > 0 else None)
         self._mean = [255.0 * m for m in IMAGENET_MEAN]
         self._std = [255.0 * s for s in IMAGENET_STD]
 
     def build(self, input_shape=None):
         for tap, shape in zip(self.lda, self.stage_shapes):
             tap.build((None,) + shape)
+        if self.fusion is not None:
+            self.fusion.build(None)
         self.hyper_head.build(None)
         self.built = True
 
@@ -127,8 +172,9 @@ class HyperIQA(keras.Model):
 
     @property
     def hypernet_variables(self):
-        """Trainable variables of the head and the generators ("hypernet")."""
-        return list(self.hyper_head.trainable_variables)
+        """Trainable variables of the head, the generators and the attention fusion ("hypernet")."""
+        fusion = [] if self.fusion is None else list(self.fusion.trainable_variables)
+        return fusion + list(self.hyper_head.trainable_variables)
 
     def normalize(self, x):
         x = ops.cast(x, self.compute_dtype)
@@ -152,19 +198,35 @@ class HyperIQA(keras.Model):
             return [ops.transpose(f, (0, 2, 3, 1)) for f in stages]
         return stages
 
-    def call(self, x, training=False):
-        stages = self._stage_maps(x, training=training)
-        target_in = ops.concatenate([tap(f) for tap, f in zip(self.lda, stages)], axis=-1)
+    def _head_input(self, stages, training=False):
+        """The head's feature map and the attention weights (None without attention)."""
+        if self.fusion is not None:
+            return self.fusion(stages, training=training)
         if self.multiscale:
             s = self.feature_size
             axis = -1 if self.data_format == "channels_last" else 1
-            head_in = ops.concatenate(
+            return ops.concatenate(
                 [_avg_pool_to(f, s, self.data_format) for f in stages], axis=axis
-            )
-        else:
-            head_in = stages[-1]
-        params = self.hyper_head(head_in)
-        return target_network(target_in, params)
+            ), None
+        return stages[-1], None
+
+    def call(self, x, training=False):
+        stages = self._stage_maps(x, training=training)
+        target_in = ops.concatenate([tap(f) for tap, f in zip(self.lda, stages)], axis=-1)
+        head_in, _ = self._head_input(stages, training=training)
+        params = self.hyper_head(head_in, training=training)
+        return target_network(target_in, params, dropout=self.target_dropout, training=training)
+
+    def fusion_weights(self, x):
+        """The attention fusion's per-image stage weights, (N, 4), for [0, 255] patches.
+
+        The same inference forward as ``call`` (each row sums to 1; column i
+        weighs stage i + 1). Only for models built with ``attention=True``.
+        """
+        if self.fusion is None:
+            raise UserError("this model has no attention fusion (built without attention=True)")
+        _, weights = self._head_input(self._stage_maps(x, training=False), training=False)
+        return weights
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0],)
@@ -174,7 +236,8 @@ class HyperIQA(keras.Model):
         config.update(
             backbone=self.backbone_name, lda_out=self.lda_out, hyper_in=self.hyper_in,
             target_dims=list(self.target_dims), head_widths=list(self.head_widths),
-            multiscale=self.multiscale, patch_size=self.patch_size,
+            multiscale=self.multiscale, attention=self.attention, dropout=self.dropout,
+            drop_path=self.drop_path, seed=self.seed, patch_size=self.patch_size,
             resize=None if self.resize is None else list(self.resize),
             short_side=self.short_side,
             score_range=None if self.score_range is None else list(self.score_range),
@@ -222,9 +285,5 @@ def _freeze_unused(backbone, features):
 
 
 def _avg_pool_to(x, size, data_format="channels_last"):
-    """Adaptive average pooling to ``size`` x ``size`` when the map divides evenly."""
-    h = x.shape[1] if data_format == "channels_last" else x.shape[2]
-    if h == size:
-        return x
-    k = h // size
-    return ops.average_pool(x, k, k, "valid", data_format=data_format)
+    """Adaptive average pooling to ``size`` x ``size`` (torch's bins, any map size)."""
+    return adaptive_avg_pool(x, size, data_format)

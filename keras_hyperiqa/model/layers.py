@@ -7,7 +7,10 @@ channels-first tensor, we transpose to channels-first first, so the original's
 weights load without permutation.
 """
 
+import random
+
 import keras
+import numpy as np
 from keras import layers, ops
 
 from keras_hyperiqa.model.initializers import (
@@ -26,6 +29,126 @@ def channels_first_flatten(x, data_format="channels_last"):
 
 def _spatial_axes(data_format):
     return (1, 2) if data_format == "channels_last" else (2, 3)
+
+
+def _pool_matrix(size_in, size_out):
+    """(out, in) averaging weights of adaptive average pooling along one axis.
+
+    Bin ``i`` covers ``floor(i * in / out)`` to ``ceil((i + 1) * in / out)``
+    (exclusive), torch's ``adaptive_avg_pool2d`` bins: equal-width windows
+    when ``in`` divides by ``out``, overlapping or uneven ones otherwise.
+    """
+    m = np.zeros((size_out, size_in), dtype="float32")
+    for i in range(size_out):
+        start = (i * size_in) // size_out
+        end = -((-(i + 1) * size_in) // size_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x, size, data_format="channels_last"):
+    """Adaptive average pooling of a 4-D map to ``size`` x ``size``, any input size.
+
+    Written as two small matrix products over the spatial axes, so uneven
+    sizes get torch's bins rather than a silently truncated window.
+    """
+    h_axis, w_axis = _spatial_axes(data_format)
+    h, w = x.shape[h_axis], x.shape[w_axis]
+    if h == size and w == size:
+        return x
+    ph = ops.convert_to_tensor(_pool_matrix(h, size), dtype=x.dtype)
+    pw = ops.convert_to_tensor(_pool_matrix(w, size), dtype=x.dtype)
+    if data_format == "channels_last":
+        return ops.einsum("ih,jw,bhwc->bijc", ph, pw, x)
+    return ops.einsum("ih,jw,bchw->bcij", ph, pw, x)
+
+
+def _int32(value):
+    """A 32-bit pattern as a signed int32 constant (multipliers above 2**31)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _logical_shift(h, bits):
+    """``h >>> bits`` on int32 (the arithmetic shift with the sign bits masked off)."""
+    return ops.bitwise_and(ops.right_shift(h, bits), (1 << (32 - bits)) - 1)
+
+
+def _mix(h):
+    """murmur3's 32-bit finaliser: every input bit flips about half the output bits."""
+    h = ops.bitwise_xor(h, _logical_shift(h, 16))
+    h = h * ops.convert_to_tensor(_int32(0x85EBCA6B), dtype="int32")
+    h = ops.bitwise_xor(h, _logical_shift(h, 13))
+    h = h * ops.convert_to_tensor(_int32(0xC2B2AE35), dtype="int32")
+    return ops.bitwise_xor(h, _logical_shift(h, 16))
+
+
+def counter_uniform(shape, seed, counter):
+    """Uniform [0, 1) float32 draws that are the same bits on every backend.
+
+    A counter-based generator (element index, layer seed and draw counter
+    hashed with murmur3's finaliser in wrapping int32 arithmetic), so a seeded
+    training step draws the same dropout masks on torch and jax, where each
+    backend's own generator would draw different ones.
+    """
+    n = 1
+    for d in shape:
+        n *= int(d)
+    key = _mix(ops.cast(counter, "int32") * _int32(0x9E3779B1) + _int32(seed))
+    h = _mix(ops.arange(n, dtype="int32") * _int32(0x27D4EB2F) + key)
+    u = ops.cast(_logical_shift(h, 8), "float32") * (1.0 / (1 << 24))
+    return ops.reshape(u, shape)
+
+
+class _CountedDraws(layers.Layer):
+    """A random layer whose draws come from :func:`counter_uniform`.
+
+    ``seed`` defaults to one drawn from Python's ``random`` (which
+    ``keras.utils.set_random_seed`` seeds), so a seeded model gets the same
+    seeds on every backend; it is stored in the config. ``draws`` counts the
+    training calls (saved with the model, so a resumed run goes on with
+    fresh masks).
+    """
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.seed = int(random.randrange(1 << 31) if seed is None else seed)
+        self.draws = self.add_weight(shape=(), dtype="int32", initializer="zeros",
+                                     trainable=False, name="draws")
+
+    def _keep_mask(self, shape, dtype):
+        u = counter_uniform(shape, self.seed, self.draws)
+        self.draws.assign(self.draws + 1)
+        return ops.cast(u >= self.rate, dtype) / (1.0 - self.rate)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable("keras_hyperiqa")
+class SeededDropout(_CountedDraws):
+    """Dropout (inverted, as ``keras.layers.Dropout``) with backend-independent masks."""
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0:
+            return x
+        return x * self._keep_mask(tuple(x.shape), x.dtype)
+
+
+@keras.saving.register_keras_serializable("keras_hyperiqa")
+class SeededDropPath(_CountedDraws):
+    """Stochastic depth (timm's ``DropPath``: one keep/drop per sample, kept
+    paths scaled by ``1 / (1 - rate)``) with backend-independent draws."""
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0:
+            return x
+        shape = (x.shape[0],) + (1,) * (len(x.shape) - 1)
+        return x * self._keep_mask(shape, x.dtype)
 
 
 def _map_shape(size, channels, data_format):
@@ -108,9 +231,15 @@ class HyperHead(layers.Layer):
 
     def __init__(self, in_channels, widths=(1024, 512), hyper_in=112,
                  target_dims=(224, 112, 56, 28, 14, 1), feature_size=7,
-                 data_format="channels_last", **kwargs):
+                 data_format="channels_last", dropout=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.data_format = data_format
+        self.dropout_rate = float(dropout)
+        self.seed = seed
+        # The Swin fork's Dropout on the feature map the generators read
+        # (training only); no layer at rate 0, so older models are unchanged.
+        self.dropout = (SeededDropout(self.dropout_rate, seed=seed, name=f"{self.name}_dropout")
+                        if self.dropout_rate > 0 else None)
         self.in_channels = int(in_channels)
         self.widths = tuple(int(w) for w in widths)
         self.hyper_in = int(hyper_in)
@@ -168,9 +297,11 @@ class HyperHead(layers.Layer):
         for gen in self.bias_generators:
             gen.build((None, self.hyper_in))
 
-    def call(self, x):
+    def call(self, x, training=None):
         for conv in self.conv1:
             x = conv(x)
+        if self.dropout is not None:
+            x = self.dropout(x, training=training)
         pooled = ops.mean(x, axis=_spatial_axes(self.data_format))
         params = []
         dims = self.target_dims
@@ -191,13 +322,16 @@ class HyperHead(layers.Layer):
             "in_channels": self.in_channels, "widths": list(self.widths),
             "hyper_in": self.hyper_in, "target_dims": list(self.target_dims),
             "feature_size": self.feature_size, "data_format": self.data_format,
+            "dropout": self.dropout_rate, "seed": self.seed,
         }
 
 
-def target_network(x, params):
+def target_network(x, params, dropout=None, training=None):
     """The target net: ``x <- W[b] @ x[b] + bias[b]`` per sample, sigmoid between layers.
 
     No variables of its own; gradients flow into the generated ``params``.
+    ``dropout`` (a ``Dropout`` layer or None): the Swin fork's dropout after
+    every sigmoid but the last (between layers 1-2, 2-3 and 3-4 of five).
     Returns the last layer's output with its singleton axis dropped: (B,).
     """
     last = len(params) - 1
@@ -205,4 +339,55 @@ def target_network(x, params):
         x = ops.einsum("boi,bi->bo", w, x) + b
         if k < last:
             x = ops.sigmoid(x)
+            if dropout is not None and k < last - 1:
+                x = dropout(x, training=training)
     return ops.squeeze(x, axis=-1)
+
+
+@keras.saving.register_keras_serializable("keras_hyperiqa")
+class MultiScaleAttention(layers.Layer):
+    """The Swin fork's attention-based multi-scale fusion (``MultiScaleAttention``).
+
+    The stage maps are adaptive-average-pooled to ``size`` x ``size``; the
+    last stage, globally pooled, feeds ``fc1`` (ReLU) -> Dropout(0.5) ->
+    ``fc2`` -> softmax: one weight per stage and image. Each pooled map is
+    scaled by its weight and the maps are concatenated on the channel axis.
+    ``call`` returns ``(fused map, weights (B, stages))``.
+    """
+
+    def __init__(self, in_channels, size=7, hidden=256, dropout=0.5,
+                 data_format="channels_last", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels = tuple(int(c) for c in in_channels)
+        self.size = int(size)
+        self.hidden = int(hidden)
+        self.dropout_rate = float(dropout)
+        self.data_format = data_format
+        # The fork's init: N(0, 0.01) weights, zero biases (near-uniform weights at start).
+        init = keras.initializers.RandomNormal(stddev=0.01)
+        self.fc1 = layers.Dense(self.hidden, activation="relu", kernel_initializer=init,
+                                bias_initializer="zeros", name="fc1")
+        self.seed = seed
+        self.dropout = SeededDropout(self.dropout_rate, seed=seed, name=f"{self.name}_dropout")
+        self.fc2 = layers.Dense(len(self.in_channels), kernel_initializer=init,
+                                bias_initializer="zeros", name="fc2")
+
+    def build(self, input_shape=None):
+        self.fc1.build((None, self.in_channels[-1]))
+        self.fc2.build((None, self.hidden))
+
+    def call(self, stages, training=None):
+        axes = _spatial_axes(self.data_format)
+        pooled = [adaptive_avg_pool(f, self.size, self.data_format) for f in stages]
+        g = ops.mean(stages[-1], axis=axes)
+        weights = ops.softmax(self.fc2(self.dropout(self.fc1(g), training=training)), axis=-1)
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        scaled = [p * ops.reshape(weights[:, i], (-1, 1, 1, 1)) for i, p in enumerate(pooled)]
+        return ops.concatenate(scaled, axis=channel_axis), weights
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "in_channels": list(self.in_channels), "size": self.size, "hidden": self.hidden,
+            "dropout": self.dropout_rate, "data_format": self.data_format, "seed": self.seed,
+        }

@@ -79,6 +79,18 @@ SWIN_CONFIGS = {
         "patch_size": 4,
         "image_size": 224,
     },
+    # A small Swin for CPU tests and demos (no ImageNet weights): the
+    # architecture of swin_tiny (two blocks per stage, so shifted windows
+    # run in every stage) at a sixth of its width.
+    "swin_micro": {
+        "timm_name": None,
+        "embed_dim": 16,
+        "depths": (2, 2, 2, 2),
+        "num_heads": (1, 1, 2, 2),
+        "window_size": 7,
+        "patch_size": 4,
+        "image_size": 224,
+    },
 }
 
 
@@ -90,7 +102,7 @@ def resolve_swin_name(name):
         if name == cfg["timm_name"]:
             return key
     known = ", ".join(
-        [*SWIN_CONFIGS, *(c["timm_name"] for c in SWIN_CONFIGS.values())]
+        [*SWIN_CONFIGS, *(c["timm_name"] for c in SWIN_CONFIGS.values() if c["timm_name"])]
     )
     raise UserError(f"unknown Swin backbone {name!r}; known: {known}")
 
@@ -113,8 +125,41 @@ def _check_window_fit(image_size, patch_size, window_size, num_stages):
         res //= 2
 
 
+def _seeded_drop_paths(seed):
+    """Build keras-hub Swin blocks with :class:`SeededDropPath` as their DropPath.
+
+    keras-hub's ``DropPath`` draws from the backend's generator (other masks on
+    torch than on jax); the blocks look the class up in their module when they
+    are built, so it is swapped there for the construction only. Block ``k``
+    (in build order) gets seed ``seed + k``.
+    """
+    import contextlib
+
+    from keras_hub.src.models.swin_transformer import swin_transformer_layers as hub_layers
+
+    from keras_hyperiqa.model.layers import SeededDropPath
+
+    count = [0]
+
+    def make(rate, **kwargs):
+        count[0] += 1
+        # Named by build order: unique in the model, the same in every instance.
+        return SeededDropPath(rate, seed=seed + count[0], name=f"drop_path_{count[0]}", **kwargs)
+
+    @contextlib.contextmanager
+    def swapped():
+        original = hub_layers.DropPath
+        hub_layers.DropPath = make
+        try:
+            yield
+        finally:
+            hub_layers.DropPath = original
+
+    return swapped()
+
+
 def build_swin_backbone(name="swin_tiny", image_size=None, drop_path=0.0,
-                        dtype=None):
+                        dtype=None, seed=0):
     """Build a randomly initialised keras-hub ``SwinTransformerBackbone``.
 
     Args:
@@ -123,7 +168,8 @@ def build_swin_backbone(name="swin_tiny", image_size=None, drop_path=0.0,
         image_size: square input size; defaults to the config's 224.
         drop_path: stochastic depth rate (linearly increasing over blocks,
             as in timm). 0.0 is timm's ``create_model`` default; keras-hub's
-            own default would be 0.1.
+            own default would be 0.1. Drawn by :class:`SeededDropPath`
+            (the same masks on torch and jax), seeded from ``seed``.
         dtype: Keras dtype policy, passed through.
 
     Returns:
@@ -137,23 +183,27 @@ def build_swin_backbone(name="swin_tiny", image_size=None, drop_path=0.0,
     _check_window_fit(
         image_size, cfg["patch_size"], cfg["window_size"], len(cfg["depths"])
     )
+    import contextlib
+
     import keras_hub  # lazy: imports TensorFlow
 
-    return keras_hub.models.SwinTransformerBackbone(
-        image_shape=(image_size, image_size, 3),
-        embed_dim=cfg["embed_dim"],
-        depths=cfg["depths"],
-        num_heads=cfg["num_heads"],
-        window_size=cfg["window_size"],
-        patch_size=cfg["patch_size"],
-        mlp_ratio=4.0,
-        qkv_bias=True,
-        dropout_rate=0.0,
-        attention_dropout=0.0,
-        drop_path=drop_path,
-        patch_norm=True,
-        dtype=dtype,
-    )
+    swap = _seeded_drop_paths(seed) if drop_path > 0 else contextlib.nullcontext()
+    with swap:
+        return keras_hub.models.SwinTransformerBackbone(
+            image_shape=(image_size, image_size, 3),
+            embed_dim=cfg["embed_dim"],
+            depths=cfg["depths"],
+            num_heads=cfg["num_heads"],
+            window_size=cfg["window_size"],
+            patch_size=cfg["patch_size"],
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            dropout_rate=0.0,
+            attention_dropout=0.0,
+            drop_path=drop_path,
+            patch_norm=True,
+            dtype=dtype,
+        )
 
 
 def stage_channels(backbone):
