@@ -6,7 +6,7 @@ keras-hub is imported inside functions only: it imports TensorFlow (seconds).
 import keras
 
 from keras_hyperiqa.errors import UserError
-from keras_hyperiqa.model.batch_norm import use_closed_form_batch_norm
+from keras_hyperiqa.model.batch_norm import use_fused_batch_norm
 
 # keras-hub ResNetBackbone arguments for torchvision's ResNets ("v1.5": stride
 # on the 3x3 conv, which is what keras-hub's bottleneck block does).
@@ -101,7 +101,7 @@ def build_backbone(name, image_size=224):
     backbone = ResNetBackbone(
         **resnet_config(name), image_shape=shape, data_format=data_format, name="backbone",
     )
-    use_closed_form_batch_norm(backbone)
+    use_fused_batch_norm(backbone)
     features = keras.Model(
         backbone.inputs,
         [backbone.pyramid_outputs[f"P{i}"] for i in range(2, 6)],
