@@ -3,9 +3,10 @@
 #   1. scripts/bench.py --device gpu: bf16, training batch 128, 8 images x 25 patches
 #      per inference batch; Keras-torch and plain PyTorch, and Keras-jax when jax
 #      sees a GPU (a CPU-only jaxlib would take the whole budget on ResNet-50);
-#   2. a one-epoch bf16 `keras-hyperiqa fit` on the demo set with resnet50.
+#   2. a one-epoch bf16 `keras-hyperiqa fit` on the demo set with resnet50;
+#   3. the fused batch norm and block-chain tests on the device (torch).
 # Results go under $OUT (else ./gpu_check): nvidia-smi.txt, bench/bench.{md,json},
-# fit/{summary.json,metrics.csv,config.json,fit.log}, times.txt.
+# fit/{summary.json,metrics.csv,config.json,fit.log}, tests.log, times.txt.
 #
 #   scripts/gpu_check.sh              # on the GPU machine, from the repository root
 #   scripts/gpu_check.sh --dry-run    # the same steps on the CPU with resnet_tiny and tiny
@@ -68,6 +69,9 @@ timed fit 150 "$PY" -m keras_hyperiqa fit --precision bf16 --epochs 1 --out "$RU
 for f in summary.json metrics.csv config.json; do
   if [[ -f "$RUN/run/$f" ]]; then cp "$RUN/run/$f" "$OUT_DIR/fit/"; fi
 done
+timed tests 90 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_model_batch_norm.py \
+  tests/test_model_backbone_chain.py -k "torch or fallback or detached or keras_files" \
+  > "$OUT_DIR/tests.log" 2>&1
 cat "$TIMES"
 for f in "$OUT_DIR/bench/bench.md" "$OUT_DIR/fit/summary.json"; do
   if [[ -f "$f" ]]; then cat "$f"; fi

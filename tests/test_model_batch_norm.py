@@ -47,7 +47,7 @@ def compare(shape, axis, dtype="float32"):
             import torch
             xt = torch.tensor(x, requires_grad=True)
             y = layer(xt, training=True)
-            (y.float() * torch.tensor(upstream)).sum().backward()
+            (y.float() * torch.tensor(upstream, device=y.device)).sum().backward()
             res = [y.detach(), xt.grad, layer.gamma.value.grad, layer.beta.value.grad,
                    layer.moving_mean.value, layer.moving_variance.value]
             infer = layer(torch.tensor(x), training=False)
