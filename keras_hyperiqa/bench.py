@@ -44,7 +44,10 @@ import numpy as np
 IMPLEMENTATIONS = ("keras-torch", "keras-jax", "torch")
 TARGETS = {  # time ratios to the plain-PyTorch baseline (lower is better)
     "keras-torch": {"train": 1.10, "infer": 1.05},
-    "keras-jax": {"train": 1.00},
+    "keras-jax": {"train": 1.50, "infer": 1.05},
+}
+MEMORY_TARGETS = {  # peak-memory ratios to the plain-PyTorch baseline
+    "keras-torch": {"infer": 1.5},
 }
 PIPELINE_TARGET = 5.0
 
@@ -54,6 +57,15 @@ PIPELINE_TARGET = 5.0
 def _peak_rss_mib() -> float:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
+
+
+def _current_rss_mib():
+    """This process's resident memory now (Linux; else the peak so far)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return _peak_rss_mib()
 
 
 def _device_peak_mib(backend: str):
@@ -483,9 +495,16 @@ def _bench_ratios(results: dict) -> dict:
                 if target is not None:
                     row[f"{task}_target"] = target
                     row[f"{task}_target_met"] = bool(ratio <= target)
-            ref_mem, our_mem = base[task].get("peak_rss_mib"), r[task].get("peak_rss_mib")
-            if ref_mem and our_mem:
-                row[f"{task}_peak_rss_ratio"] = our_mem / ref_mem
+            for key, name in (("peak_rss_mib", "peak_rss_ratio"), ("device_peak_mib", "device_peak_ratio"),
+                              ("setup_rss_mib", "setup_rss_ratio")):
+                ref_mem, our_mem = base[task].get(key), r[task].get(key)
+                if ref_mem and our_mem:
+                    row[f"{task}_{name}"] = our_mem / ref_mem
+            target = MEMORY_TARGETS.get(impl, {}).get(task)
+            if target is not None and f"{task}_peak_rss_ratio" in row:
+                memory = row.get(f"{task}_device_peak_ratio", row[f"{task}_peak_rss_ratio"])
+                row[f"{task}_memory_target"] = target
+                row[f"{task}_memory_target_met"] = bool(memory <= target)
         ratios[impl] = row
     return ratios
 
@@ -503,8 +522,9 @@ def _bench_md(r: dict) -> str:
         f"Load average at the end: {r['versions'].get('loadavg')}, {r['versions'].get('cpus')} CPUs.",
         "",
         "| implementation | train patches/s | train step (s) | train time ratio | infer images/s | "
-        "infer time ratio | train peak RSS (MiB) | infer peak RSS (MiB) | device peak train/infer (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "infer time ratio | train peak RSS (MiB) | infer peak RSS (MiB) | RSS after set-up train/infer (MiB) | "
+        "device peak train/infer (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for impl, res in r["results"].items():
         ratio = r["ratios"].get(impl, {})
@@ -517,11 +537,25 @@ def _bench_md(r: dict) -> str:
             t = ratio.get(f"{task}_target")
             return f"{v:.3f}" + ("" if t is None else f" (target <= {t}: {'met' if ratio[f'{task}_target_met'] else 'NOT met'})")
 
+        def memory(task, key, name):
+            """The figure and, beside it, its ratio to plain PyTorch's."""
+            text = _fmt(res[task].get(key), ".0f")
+            v = ratio.get(f"{task}_{name}")
+            if v is not None:
+                text += f" ({v:.2f}x)"
+                t = ratio.get(f"{task}_memory_target")
+                if t is not None and name == ("device_peak_ratio" if f"{task}_device_peak_ratio" in ratio
+                                              else "peak_rss_ratio"):
+                    text += f" (target <= {t}: {'met' if ratio[f'{task}_memory_target_met'] else 'NOT met'})"
+            return text
+
         lines.append(
             f"| {impl} | {_fmt(tr['patches_per_s'], '.2f')} | {_fmt(tr['step_time_s'], '.3f')} | {with_target('train')} | "
-            f"{_fmt(inf['images_per_s'], '.3f')} | {with_target('infer')} | {_fmt(tr['peak_rss_mib'], '.0f')} | "
-            f"{_fmt(inf['peak_rss_mib'], '.0f')} | {_fmt(tr.get('device_peak_mib'), '.0f')} / "
-            f"{_fmt(inf.get('device_peak_mib'), '.0f')} |")
+            f"{_fmt(inf['images_per_s'], '.3f')} | {with_target('infer')} | "
+            f"{memory('train', 'peak_rss_mib', 'peak_rss_ratio')} | {memory('infer', 'peak_rss_mib', 'peak_rss_ratio')} | "
+            f"{memory('train', 'setup_rss_mib', 'setup_rss_ratio')} / {memory('infer', 'setup_rss_mib', 'setup_rss_ratio')} | "
+            f"{memory('train', 'device_peak_mib', 'device_peak_ratio')} / "
+            f"{memory('infer', 'device_peak_mib', 'device_peak_ratio')} |")
     stalls = [(impl, res["train"]["input_stall"]) for impl, res in r["results"].items()
               if res["train"].get("input_stall")]
     if stalls:
@@ -535,7 +569,10 @@ def _bench_md(r: dict) -> str:
                       f"first step {1e3 * s['first_wait_s']:.0f} ms)" for impl, s in stalls) + "."]
     p = r["pipeline"]
     lines += ["", "Time ratio: the median over rounds of this implementation's time / plain PyTorch's "
-              "time in the same round (1.10 = 10% slower). "
+              "time in the same round (1.10 = 10% slower). Memory: the figure, then its ratio to plain "
+              "PyTorch's in parentheses; RSS after set-up is the process's resident memory once libraries, "
+              "model and optimizer are loaded, before any step (Keras-on-torch imports keras-hub, and with it "
+              "TensorFlow). "
               "Compile / first-step times: " + ", ".join(
                   f"{impl} {_fmt(res['train'].get('first_step_s'), '.2f')} s"
                   for impl, res in r["results"].items()) + ".",
@@ -696,6 +733,7 @@ def _serve_bench(kind, spec_path):
 
     backend = "torch" if kind == "bench-torch" else None
     tasks = (_setup_bench_torch if kind == "bench-torch" else _setup_bench_keras)(spec)
+    setup_rss = _current_rss_mib()  # libraries, model, optimizer: before any step
     if backend is None:
         import keras
 
@@ -707,7 +745,7 @@ def _serve_bench(kind, spec_path):
             run()
             if i == 0:
                 first[task] = time.perf_counter() - t
-    proto.write(json.dumps({"ready": True, "first_step_s": first,
+    proto.write(json.dumps({"ready": True, "first_step_s": first, "setup_rss_mib": setup_rss,
                             "items": {task: n for task, (_, n) in tasks.items()}}) + "\n")
     for line in sys.stdin:
         words = line.split()
@@ -814,6 +852,7 @@ def _bench_round_robin(specs, out_dir, device, timeout, reps):
                 out = {"impl": spec["impl"], "task": task, "times_s": ts,
                        "first_step_s": worker.ready["first_step_s"][task],
                        "peak_rss_mib": final["peak_rss_mib"],
+                       "setup_rss_mib": worker.ready.get("setup_rss_mib"),
                        "device_peak_mib": final["device_peak_mib"]}
                 if task == "train":
                     out["step_time_s"] = med / spec["steps_per_rep"]

@@ -133,3 +133,37 @@ def test_bench_ratios_pair_rounds():
 def test_bench_script_help():
     proc = _run_script("bench.py", ["--help"], timeout=120)
     assert proc.returncode == 0 and "--device" in proc.stdout and "--backbone" in proc.stdout
+
+
+def test_bench_table_shows_memory_ratios_to_plain_pytorch():
+    from keras_hyperiqa.bench import _bench_md, _bench_ratios
+
+    def res(peak, setup, times=(1.0,)):
+        return {"train": {"times_s": list(times), "patches_per_s": 4.0, "step_time_s": 1.0, "peak_rss_mib": peak,
+                          "setup_rss_mib": setup, "first_step_s": 2.0},
+                "infer": {"times_s": list(times), "images_per_s": 1.0, "batch_time_s": 1.0, "peak_rss_mib": peak,
+                          "setup_rss_mib": setup}}
+
+    results = {"keras-torch": res(3000.0, 1700.0), "torch": res(1200.0, 850.0)}
+    ratios = _bench_ratios(results)
+    kt = ratios["keras-torch"]
+    assert abs(kt["infer_peak_rss_ratio"] - 2.5) < 1e-9 and abs(kt["train_setup_rss_ratio"] - 2.0) < 1e-9
+    assert kt["infer_memory_target"] == 1.5 and kt["infer_memory_target_met"] is False
+    config = dict(backbone="resnet50", patch_size=224, device="cpu", precision="fp32", batch_size=4,
+                  steps_per_rep=1, infer_images=1, patches_per_image=25, reps=1, warmup=1)
+    pipeline = dict(images=1, patches_per_image=1, patch_size=224, batch_size=1, workers=1, reps=1,
+                    decode_per_patch_patches_per_s=1.0, pipeline_patches_per_s=6.0,
+                    pipeline_uint8_patches_per_s=7.0, speedup=6.0)
+    md = _bench_md({"config": config, "versions": {"loadavg": [1, 1, 1], "cpus": 2}, "results": results,
+                    "ratios": ratios, "pipeline": pipeline})
+    row = next(line for line in md.splitlines() if line.startswith("| keras-torch"))
+    assert "3000 (2.50x) (target <= 1.5: NOT met)" in row and "1700 (2.00x)" in row
+    assert "| torch |" in md and "1200 |" in next(line for line in md.splitlines() if line.startswith("| torch"))
+
+
+def test_gpu_check_script_parses():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage" in proc.stderr

@@ -1,10 +1,12 @@
-"""The closed-form batch norm against Keras's own layer, and the torch kernel layout.
+"""The fused batch-norm op and layer against Keras's own layer, and the torch kernel layout.
 
-``keras_hyperiqa.model.batch_norm.BatchNormalization`` must give Keras's
-outputs, input/gamma/beta gradients and moving statistics (channels-first and
-channels-last) on torch (this process) and jax (a subprocess);
-``use_torch_kernel_layout`` must change the memory order only: same values,
-same training step.
+``keras_hyperiqa.model.batch_norm.BatchNormalization`` (through
+``keras_hyperiqa.model.ops.batch_norm``) must give Keras's outputs,
+input/gamma/beta gradients, moving statistics and inference outputs
+(channels-first and channels-last) on torch (this process) and jax (a
+subprocess), and so must the op's ``keras.ops`` fallback; the comparison must
+catch a fused op fed detached statistics. ``use_torch_kernel_layout`` must
+change the memory order only: same values, same training step.
 """
 
 import json
@@ -16,15 +18,14 @@ import pytest
 
 from conftest import run_backend
 
-CASES = [((4, 8, 6, 5), 1), ((3, 5, 7, 6), -1)]
+CASES = [((4, 8, 6, 5), 1), ((3, 5, 7, 6), -1), ((16, 12), -1)]
 
 COMPARE = """
-import json
 import numpy as np, keras
 from keras import ops
 from keras_hyperiqa.model.batch_norm import BatchNormalization
 
-def compare(shape, axis):
+def compare(shape, axis, dtype="float32"):
     rng = np.random.default_rng(0)
     # an offset mean (conv outputs are not centred) and a non-trivial upstream
     x = (rng.normal(size=shape) * 2 + 3).astype("float32")
@@ -32,12 +33,14 @@ def compare(shape, axis):
     channels = shape[axis]
     gamma = rng.uniform(0.5, 1.5, channels).astype("float32")
     beta = rng.normal(size=channels).astype("float32")
+    moving_mean = rng.normal(size=channels).astype("float32")
+    moving_variance = rng.uniform(0.5, 2.0, channels).astype("float32")
     out = []
     for cls in (keras.layers.BatchNormalization, BatchNormalization):
-        layer = cls(axis=axis, epsilon=1e-5, momentum=0.9)
+        layer = cls(axis=axis, epsilon=1e-5, momentum=0.9, dtype=dtype)
         layer.build(shape)
-        layer.gamma.assign(gamma)
-        layer.beta.assign(beta)
+        for v, value in zip(layer.weights, (gamma, beta, moving_mean, moving_variance)):
+            v.assign(value)
         tv = [v.value for v in layer.trainable_variables]
         ntv = [v.value for v in layer.non_trainable_variables]
         if keras.backend.backend() == "torch":
@@ -45,7 +48,7 @@ def compare(shape, axis):
             device = layer.gamma.value.device  # the one Keras picked
             xt = torch.tensor(x, requires_grad=True, device=device)
             y = layer(xt, training=True)
-            (y * torch.tensor(upstream, device=device)).sum().backward()
+            (y.float() * torch.tensor(upstream, device=device)).sum().backward()
             res = [y.detach(), xt.grad, layer.gamma.value.grad, layer.beta.value.grad,
                    layer.moving_mean.value, layer.moving_variance.value]
             infer = layer(torch.tensor(x, device=device), training=False)
@@ -53,33 +56,80 @@ def compare(shape, axis):
             import jax
             def f(tv, x):
                 y, nt = layer.stateless_call(tv, ntv, x, training=True)
-                return (y * upstream).sum(), (y, nt)
+                return (y.astype("float32") * upstream).sum(), (y, nt)
             (_, (y, nt)), (gt, gx) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(tv, x)
             res = [y, gx, gt[0], gt[1], nt[0], nt[1]]
             infer = layer.stateless_call(tv, nt, x, training=False)[0]
-        out.append([np.asarray(ops.convert_to_numpy(r)) for r in res + [infer]])
+        out.append([np.asarray(ops.convert_to_numpy(ops.cast(r, "float32"))) for r in res + [infer]])
     keras_out, ours = out
     return [float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12)) for a, b in zip(keras_out, ours)]
-
-print(json.dumps([compare(tuple(s), a) for s, a in %s]))
 """
 
 NAMES = ["output", "d_input", "d_gamma", "d_beta", "moving_mean", "moving_variance", "inference"]
 
 
-def _check(errors):
-    for (shape, axis), errs in zip(CASES, errors):
+def _compare_here(cases=CASES, dtype="float32"):
+    namespace = {}
+    exec(COMPARE, namespace)
+    return [namespace["compare"](s, a, dtype) for s, a in cases]
+
+
+def _check(errors, tolerance=2e-5, cases=CASES):
+    for (shape, axis), errs in zip(cases, errors):
         for name, err in zip(NAMES, errs):
-            assert err < 2e-5, f"{shape} axis {axis}: {name} differs by {err:.2g} (relative)"
+            assert err < tolerance, f"{shape} axis {axis}: {name} differs by {err:.2g} (relative)"
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_closed_form_batch_norm_matches_keras(backend):
-    code = COMPARE % json.dumps([[list(s), a] for s, a in CASES])
-    _check(json.loads(run_backend(backend, code).strip().splitlines()[-1]))
+def test_fused_batch_norm_matches_keras_on_torch():
+    _check(_compare_here())
 
 
-def test_resnet_backbones_use_the_closed_form_batch_norm():
+def test_fused_batch_norm_matches_keras_on_jax():
+    code = COMPARE + f"\nimport json\nprint(json.dumps([compare(tuple(s), a) for s, a in {json.dumps(CASES)}]))\n"
+    _check(json.loads(run_backend("jax", code).strip().splitlines()[-1]))
+
+
+def test_keras_ops_fallback_matches_keras(monkeypatch):
+    from keras_hyperiqa.model import ops as fused
+
+    monkeypatch.setitem(fused._IMPLEMENTATIONS, "torch", fused._batch_norm_keras)
+    _check(_compare_here())
+
+
+def test_fused_batch_norm_mixed_bfloat16_on_torch():
+    # bfloat16 activations, float32 parameters and statistics (the GPU setting)
+    _check(_compare_here(CASES[:2], dtype="mixed_bfloat16"), tolerance=2e-2, cases=CASES[:2])
+
+
+def test_the_comparison_catches_detached_statistics(monkeypatch):
+    """A fused kernel fed precomputed, detached batch statistics (what Keras once
+    tried and reverted) has the right outputs but wrong input gradients."""
+    import torch
+    import torch.nn.functional as F
+
+    from keras_hyperiqa.model import ops as fused
+
+    def detached(x, gamma, beta, moving_mean, moving_variance, axis, epsilon, training):
+        if not training:
+            return fused._batch_norm_torch(x, gamma, beta, moving_mean, moving_variance,
+                                           axis, epsilon, training)
+        xt = x.movedim(axis % x.ndim, 1)
+        dims = [d for d in range(xt.ndim) if d != 1]
+        with torch.no_grad():
+            mean = xt.mean(dims)
+            variance = xt.var(dims, unbiased=False)
+        y = F.batch_norm(xt, mean, variance, gamma.value, beta.value, training=False, eps=epsilon)
+        return y.movedim(1, axis % x.ndim), mean, variance
+
+    monkeypatch.setitem(fused._IMPLEMENTATIONS, "torch", detached)
+    errors = _compare_here(CASES[:2])
+    for errs in errors:
+        assert errs[NAMES.index("output")] < 2e-5
+    with pytest.raises(AssertionError, match="d_input"):
+        _check(errors)
+
+
+def test_resnet_backbones_use_the_fused_batch_norm():
     from keras_hyperiqa.model.batch_norm import BatchNormalization
     from keras_hyperiqa.model.hyperiqa import HyperIQA
 

@@ -3,10 +3,12 @@
 keras-hub is imported inside functions only: it imports TensorFlow (seconds).
 """
 
+import re
+
 import keras
 
 from keras_hyperiqa.errors import UserError
-from keras_hyperiqa.model.batch_norm import use_closed_form_batch_norm
+from keras_hyperiqa.model.batch_norm import use_fused_batch_norm
 
 # keras-hub ResNetBackbone arguments for torchvision's ResNets ("v1.5": stride
 # on the 3x3 conv, which is what keras-hub's bottleneck block does).
@@ -104,10 +106,68 @@ def build_backbone(name, image_size=224, drop_path=0.0, seed=0):
     backbone = ResNetBackbone(
         **resnet_config(name), image_shape=shape, data_format=data_format, name="backbone",
     )
-    use_closed_form_batch_norm(backbone)
+    use_fused_batch_norm(backbone)
     features = keras.Model(
         backbone.inputs,
         [backbone.pyramid_outputs[f"P{i}"] for i in range(2, 6)],
         name="backbone_features",
     )
     return backbone, features
+
+
+# Layers whose outputs every later ResNet layer depends on alone: the stem's
+# pooling and each residual block's output (keras-hub's names).
+_RESNET_CUTS = re.compile(r"pool1_pool|stack\d+_block\d+_out")
+
+
+class BlockChain:
+    """Runs a functional feature model as a chain of sub-models.
+
+    Keras 3's functional call keeps every intermediate tensor until the
+    whole forward ends; a chain of sub-models (``keras.Model(block_input,
+    block_output)`` over the same layers), cut where a single tensor carries
+    everything later layers need, frees each block's intermediates when the
+    block returns. Same layers, so the same variables, outputs and gradients.
+
+    A plain object, not a Keras layer: the model that holds it keeps saving
+    the feature model and the backbone only (``.keras`` files unchanged).
+
+    Args:
+        features: the functional feature model (its outputs must be among
+            the cut tensors, or it runs in one piece).
+        cuts: the tensors of ``features``'s graph to cut at, in order.
+    """
+
+    def __init__(self, features, cuts=()):
+        outputs = {id(t): i for i, t in enumerate(features.outputs)}
+        cuts = list(cuts)
+        if not cuts or not all(id(t) in {id(c) for c in cuts} for t in features.outputs):
+            self.segments, self.taps = [features], [list(range(len(features.outputs)))]
+            self.single = True
+            return
+        cuts = cuts[:max(i for i, c in enumerate(cuts) if id(c) in outputs) + 1]
+        self.single = False
+        self.segments, self.taps = [], []
+        start = features.inputs
+        for i, cut in enumerate(cuts):
+            self.segments.append(keras.Model(start, cut, name=f"{features.name}_part{i}"))
+            self.taps.append([outputs[id(cut)]] if id(cut) in outputs else [])
+            start = cut
+        self.n_outputs = len(features.outputs)
+
+    def __call__(self, x, training=False):
+        if self.single:
+            return self.segments[0](x, training=training)
+        out = [None] * self.n_outputs
+        for segment, taps in zip(self.segments, self.taps):
+            x = segment(x, training=training)
+            for k in taps:
+                out[k] = x
+        return out
+
+
+def block_chain(backbone, features):
+    """The :class:`BlockChain` of a backbone's feature model (a ResNet's blocks;
+    other backbones run in one piece)."""
+    cuts = [layer.output for layer in backbone.layers if _RESNET_CUTS.fullmatch(layer.name)]
+    return BlockChain(features, cuts)

@@ -5,8 +5,9 @@ import random
 import keras
 from keras import ops
 
-from keras_hyperiqa.model.backbones import build_backbone, check_backbone_name, is_swin
 from keras_hyperiqa.errors import UserError
+from keras_hyperiqa.model.backbones import (block_chain, build_backbone, check_backbone_name,
+                                             is_swin)
 from keras_hyperiqa.model.layers import (
     HyperHead,
     LDATap,
@@ -121,6 +122,9 @@ class HyperIQA(keras.Model):
         self.backbone, self.backbone_features = build_backbone(
             backbone, self.patch_size, drop_path=self.drop_path, seed=self.seed)
         self.frozen_backbone_layers = _freeze_unused(self.backbone, self.backbone_features)
+        # The forward runs the feature model block by block (frees each
+        # block's intermediates); untracked, so saving is unchanged.
+        self._backbone_chain = block_chain(self.backbone, self.backbone_features)
         # The taps and head compute in the backbone's layout (channels-first
         # for ResNets on torch), so the stage maps are never transposed.
         self.data_format = self.backbone.data_format
@@ -189,7 +193,7 @@ class HyperIQA(keras.Model):
         x = self.normalize(x)
         if self.data_format == "channels_first":
             x = ops.transpose(x, (0, 3, 1, 2))
-        return self.backbone_features(x, training=training)
+        return self._backbone_chain(x, training=training)
 
     def stage_features(self, x, training=False):
         """The four stage outputs (channels-last) for [0, 255] input patches."""
