@@ -208,17 +208,22 @@ def patch_sources(config, info, split, resize, short_side):
 
 
 # --------------------------------------------------------------------- model
-def build_model(config, resize, short_side):
-    from keras_hyperiqa.model.hyperiqa import HyperIQA
+def build_model(config, resize, short_side, higher_is_better=None):
+    """The run's model, under its precision; its scores point as the training labels do."""
+    from keras_hyperiqa.model.hyperiqa import HyperIQA, precision_scope
 
     if config.init:
-        model = load_model_file(config.init)
-        # Fine-tuning keeps the architecture but adopts this run's preprocessing.
+        model = load_model_file(config.init, precision=config.precision)
+        # Fine-tuning keeps the architecture but adopts this run's preprocessing
+        # and, trained on the raw labels, their direction.
         model.resize, model.short_side = resize, short_side
+        model.higher_is_better = higher_is_better
         return model
-    model = HyperIQA(backbone=config.backbone, multiscale=config.multiscale,
-                     patch_size=config.patch_size, resize=resize, short_side=short_side)
-    model.build((None, config.patch_size, config.patch_size, 3))
+    with precision_scope(config.precision):
+        model = HyperIQA(backbone=config.backbone, multiscale=config.multiscale,
+                         patch_size=config.patch_size, resize=resize, short_side=short_side,
+                         higher_is_better=higher_is_better)
+        model.build((None, config.patch_size, config.patch_size, 3))
     weights = config.backbone_weights
     if weights and weights.lower() != "none":
         from keras_hyperiqa.convert.backbone import load_backbone_weights
@@ -227,19 +232,24 @@ def build_model(config, resize, short_side):
     return model
 
 
-def load_model_file(path):
-    """Load a ``.keras`` HyperIQA file with a one-line error for a bad file."""
+def load_model_file(path, precision="fp32"):
+    """Load a ``.keras`` HyperIQA file with a one-line error for a bad file.
+
+    ``precision``: ``fp32`` (default, whatever precision the model was trained
+    in) or ``bf16`` (backbone in bfloat16, scores still float32).
+    """
     import zipfile
 
     import keras
 
-    import keras_hyperiqa.model.hyperiqa  # noqa: F401  (registers the classes)
+    from keras_hyperiqa.model.hyperiqa import precision_scope
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such model file")
     try:
-        model = keras.saving.load_model(path, compile=False)
+        with precision_scope(precision):
+            model = keras.saving.load_model(path, compile=False)
     except (ValueError, OSError, zipfile.BadZipFile, KeyError, TypeError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: not a readable .keras model ({reason})") from None
@@ -348,8 +358,6 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
 
     from keras_hyperiqa.data.splits import load_splits, save_splits
 
-    if config.precision == "bf16":
-        keras.config.set_dtype_policy("mixed_bfloat16")
     info = load_dataset(config, report_dir=out if primary else None)
     resize, short_side = resolved_resize(config, info)
     splits_path = out / "splits.json"
@@ -410,7 +418,7 @@ def _train_round(config, info, split, n_rounds, resize, short_side, out):
         rdir.mkdir(parents=True, exist_ok=True)
     seed = config.seed + split.round
     keras.utils.set_random_seed(seed)
-    model = build_model(config, resize, short_side)
+    model = build_model(config, resize, short_side, higher_is_better=info.higher_is_better)
     optimizer = HyperAdam(learning_rate=config.lr, weight_decay=config.weight_decay)
     trainer = Trainer(model, optimizer)
     fixes = Fixes.from_reverted([f.replace("-", "_") for f in config.revert_fix])
