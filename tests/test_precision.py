@@ -65,16 +65,16 @@ def spread_model(tmp_path_factory):
     return dict(dir=d, path=path, x=x)
 
 
+# Scored as ``predict`` scores (the Predictor: jit-compiled on jax).
 SCORE_BOTH = """
     import numpy as np
-    from keras import ops
     from keras_hyperiqa.experiment import load_model_file
+    from keras_hyperiqa.training.trainer import Predictor
     x = np.load({x!r})
     for precision in ("fp32", "bf16"):
         m = load_model_file({path!r}, precision=precision)
         assert m.hyper_head.compute_dtype == "float32"
-        s = np.asarray(ops.convert_to_numpy(ops.cast(m(x, training=False), "float32")))
-        np.save({out!r}.format(precision), s)
+        np.save({out!r}.format(precision), Predictor(m)(x))
 """
 
 
@@ -92,12 +92,14 @@ def _check_bf16_against_fp32(fp32, bf16):
 
 
 def test_bf16_scores_are_float32_and_close_to_fp32_torch(spread_model):
+    from keras_hyperiqa.training.trainer import Predictor
+
     x = spread_model["x"]
-    fp32 = _scores(load_model_file(spread_model["path"]), x)
+    fp32 = Predictor(load_model_file(spread_model["path"]))(x)
     model = load_model_file(spread_model["path"], precision="bf16")
     assert model.backbone.compute_dtype == "bfloat16"
     assert model.hyper_head.compute_dtype == "float32"
-    _check_bf16_against_fp32(fp32, _scores(model, x))
+    _check_bf16_against_fp32(fp32, Predictor(model)(x))
 
 
 def test_bf16_scores_are_float32_and_close_to_fp32_jax(spread_model):
