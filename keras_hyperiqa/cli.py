@@ -64,6 +64,10 @@ backend_option = click.option(
     "--backend", type=click.Choice(BACKENDS), default=None,
     help="Keras backend (default: $KERAS_BACKEND, else torch).")
 
+precision_option = click.option(
+    "--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+    help="bf16: the backbone in bfloat16 (GPUs); the head and scores stay float32.")
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="keras-hyperiqa")
@@ -121,7 +125,8 @@ def _fit_options(f):
                      help="Drop invalid dataset items (listed in dropped.txt) instead of stopping."),
         click.option("--workers", type=int, default=None, help="Image decoding threads [CPU count]."),
         click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-                     help="bf16: mixed_bfloat16 (GPU runs)."),
+                     help="bf16: the backbone computes in bfloat16 (GPU runs); the head, scores and loss "
+                          "stay float32, and the saved model predicts in float32."),
         backend_option,
     ]
     for option in reversed(options):
@@ -234,13 +239,17 @@ def ablate(**kw):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random crops.")
 @click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text", show_default=True)
 @click.option("--batch-size", type=int, default=25, show_default=True)
+@precision_option
 @backend_option
-def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend):
+def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, precision, backend):
     """Score images: files, folders or glob patterns.
 
     One score per image, deterministic by default (a grid of crops, the
     model's own resize). Unreadable inputs are reported on stderr while the
     rest are scored; the exit status is 2 when any input could not be scored.
+    The output says which way the scores point (a model trained on DMOS
+    labels scores lower for better images): a "# scores:" header line (text),
+    a higher_is_better column (csv) or field (json).
     """
     _use_backend(backend)
     from keras_hyperiqa import inference
@@ -248,14 +257,14 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
     resize_opt = "model" if resize == "model" else _parse_hw(resize, "--resize")
     files, problems = inference.expand_paths(paths)
     scorer = inference.Scorer.from_file(model, patches=patches, crops=crops, resize=resize_opt,
-                                        seed=seed, batch_size=batch_size)
+                                        seed=seed, batch_size=batch_size, precision=precision)
     results = []
     for path in files:
         try:
             results.append((path, scorer.score(path)))
         except UserError as err:
             problems.append(str(err))
-    click.echo(inference.format_scores(results, fmt), nl=False)
+    click.echo(inference.format_scores(results, fmt, scorer.model.higher_is_better), nl=False)
     for line in problems:
         click.echo(f"Error: {line}", err=True)
     if problems:
@@ -277,10 +286,16 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 @click.option("--skip-invalid", is_flag=True, help="Drop invalid dataset items instead of stopping.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default="predictions.csv",
               show_default=True, help="Per-image scores: image, label, prediction.")
+@precision_option
 @backend_option
 def evaluate(model, dataset, root, label_column, splits_path, round_index, patches, crops, resize,
-             seed, skip_invalid, csv_path, backend):
-    """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV."""
+             seed, skip_invalid, csv_path, precision, backend):
+    """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV.
+
+    Correlations are reported with higher score = better image: a model whose
+    scores point the other way from the dataset's labels (MOS-trained on LIVE
+    or CSIQ DMOS) is compared with the negated labels, and a note says so.
+    """
     _use_backend(backend)
     from keras_hyperiqa import inference
 
@@ -288,9 +303,11 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
     metrics = inference.evaluate_dataset(
         model, dataset, root, label_column=label_column, splits_path=splits_path,
         round_index=round_index, patches=patches, crops=crops, resize=resize_opt, seed=seed,
-        skip_invalid=skip_invalid, csv_path=csv_path)
-    click.echo(" ".join(f"{k.upper()} {v:.4f}" for k, v in metrics.items() if k != "images")
+        skip_invalid=skip_invalid, csv_path=csv_path, precision=precision)
+    click.echo(" ".join(f"{k.upper()} {metrics[k]:.4f}" for k in ("srcc", "plcc", "krcc", "rmse") if k in metrics)
                + f"  ({metrics['images']} images; per-image scores in {csv_path})")
+    if metrics["note"]:
+        click.echo(metrics["note"])
 
 
 @cli.command()
@@ -298,14 +315,18 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
 @click.argument("dst", type=click.Path(dir_okay=False))
 @click.option("--resize", default="512x384", show_default=True, metavar="HxW|none",
               help="Preprocessing stored in the model (the released checkpoint was trained on KonIQ at 512x384).")
+@click.option("--lower-is-better", is_flag=True,
+              help="The checkpoint was trained on DMOS labels (LIVE, CSIQ): its scores are lower for better "
+                   "images [the released KonIQ checkpoint: higher is better].")
 @backend_option
-def convert(src, dst, resize, backend):
+def convert(src, dst, resize, lower_is_better, backend):
     """Convert an original HyperIQA checkpoint (koniq_pretrained.pkl) to .keras."""
     _use_backend(backend)
     from keras_hyperiqa.convert.original import convert_original_checkpoint
 
     size = _parse_hw(resize, "--resize")
-    convert_original_checkpoint(src, dst, resize=None if size == "preset" else size)
+    convert_original_checkpoint(src, dst, resize=None if size == "preset" else size,
+                                higher_is_better=not lower_is_better)
     click.echo(f"wrote {dst}")
 
 

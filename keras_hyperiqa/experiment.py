@@ -359,6 +359,9 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
     from keras_hyperiqa.data.splits import load_splits, save_splits
 
     info = load_dataset(config, report_dir=out if primary else None)
+    if config.verbose and primary and not info.higher_is_better:
+        print(f"{info.name}: DMOS labels (lower is better), trained on as they are: the model's "
+              f"scores are lower-is-better, and it records so", flush=True)
     resize, short_side = resolved_resize(config, info)
     splits_path = out / "splits.json"
     if resume is not None and splits_path.is_file():

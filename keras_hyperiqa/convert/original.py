@@ -60,11 +60,13 @@ def conversion_table(model):
     return rows
 
 
-def load_original_checkpoint(src, resize=KONIQ_RESIZE):
+def load_original_checkpoint(src, resize=KONIQ_RESIZE, higher_is_better=True):
     """Build a ``HyperIQA`` (ResNet-50) holding the original checkpoint's weights.
 
     Every key of the file must be used and every variable filled; otherwise a
     ``UserError`` lists the missing, mis-shaped and unexpected keys.
+    ``higher_is_better``: the direction of the labels it was trained on (the
+    released checkpoint: KonIQ MOS, higher is better; False for LIVE/CSIQ DMOS).
     """
     from keras_hyperiqa.model.hyperiqa import HyperIQA
 
@@ -75,7 +77,7 @@ def load_original_checkpoint(src, resize=KONIQ_RESIZE):
             f"{source}: not an original HyperIQA checkpoint (no 'res.' keys; "
             f"first keys: {', '.join(list(tensors)[:3])})"
         )
-    model = HyperIQA(backbone="resnet50", resize=resize)
+    model = HyperIQA(backbone="resnet50", resize=resize, higher_is_better=higher_is_better)
     model.build((None, 224, 224, 3))
     table = WeightTable(tensors, source=source)
     table.prefix = "res."
@@ -89,7 +91,7 @@ def load_original_checkpoint(src, resize=KONIQ_RESIZE):
     return model
 
 
-def convert_original_checkpoint(src, dst, resize=KONIQ_RESIZE):
+def convert_original_checkpoint(src, dst, resize=KONIQ_RESIZE, higher_is_better=True):
     """Convert an original checkpoint to a ``.keras`` file, written atomically.
 
     Nothing is written to ``dst`` unless the whole conversion succeeds.
@@ -100,7 +102,7 @@ def convert_original_checkpoint(src, dst, resize=KONIQ_RESIZE):
     folder = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(folder):
         raise UserError(f"{dst}: folder {folder} does not exist")
-    model = load_original_checkpoint(src, resize=resize)
+    model = load_original_checkpoint(src, resize=resize, higher_is_better=higher_is_better)
     save_model_atomic(model, dst)
     return model
 
