@@ -96,7 +96,8 @@ def _fit_options(f):
                      help="Backbone [resnet50; demo: resnet_tiny]."),
         click.option("--backbone-weights", default=None, metavar="PATH|PRESET|none",
                      help="ImageNet weights: a timm/torchvision state dict, a timm folder, a keras-hub "
-                          "preset name (online), or none [none]."),
+                          "preset name (online), or none to train from scratch [with --dataset: the "
+                          "backbone's ImageNet weights, ResNets hf://timm/resnetN.tv_in1k; demo: none]."),
         click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
                      help="Start from this .keras model (fine-tune a converted or earlier model)."),
         click.option("--multiscale", is_flag=True, help="Swin: feed all four stages to the head."),
@@ -175,8 +176,10 @@ def fit(**kw):
     last epoch (--decay-every 2), 2 train patches and 1 test patch per image,
     no validation split (last epoch selected): about 4.5 minutes on a 2-core
     CPU, held-out test SRCC about 0.76. With --dataset NAME --root DIR the defaults are
-    the original's: resnet50, 16 epochs, batch 96, lr 2e-5, ratio 10, weight
-    decay 5e-4, 25 train and 25 test patches of 224.
+    the original's: resnet50 from torchvision's ImageNet weights (downloaded by
+    keras-hub; offline, pass --backbone-weights PATH, or none to train from
+    scratch), 16 epochs, batch 96, lr 2e-5, ratio 10, weight decay 5e-4, 25
+    train and 25 test patches of 224.
 
     The run directory holds config.json, splits.json, metrics.csv,
     model.keras (selected epoch), summary.json (srcc, plcc), curves.png,

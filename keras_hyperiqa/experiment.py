@@ -348,6 +348,7 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
         config.out = str(out)
     config = config or FitConfig()
     _check_config(config)
+    config.backbone_weights = resolve_backbone_weights(config)
     _dist().check_batch_size(config.batch_size)  # [distributed] divides by the replicas
     out = Path(config.out)
     primary = _dist().is_primary()  # [distributed] only rank / process 0 writes files
@@ -384,6 +385,33 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
     for split in splits:
         reports.append(_train_round(config, info, split, len(splits), resize, short_side, out))
     return _finish(config, out, reports)
+
+
+def resolve_backbone_weights(config):
+    """The run's ``backbone_weights``, checked before any file is written.
+
+    Unset: the backbone's ImageNet weights with a dataset (as the original
+    starts from), ``none`` for the demo's from-scratch quick profile; a
+    one-line error when they cannot be had (offline, no such file). Says on
+    the console where the backbone starts from.
+    """
+    from keras_hyperiqa.convert.backbone import check_backbone_weights, imagenet_weights
+
+    weights = config.backbone_weights
+    if config.init:
+        return weights  # the --init model brings its own backbone
+    if weights is None:
+        weights = "none" if config.dataset is None else imagenet_weights(config.backbone)
+    check_backbone_weights(weights)
+    if config.verbose and _dist().is_primary():
+        if weights.lower() != "none":
+            print(f"backbone {config.backbone}: ImageNet weights from {weights}", flush=True)
+        elif config.dataset is None:
+            print(f"demo set, quick profile: backbone {config.backbone} trained from scratch "
+                  f"(no ImageNet weights; with --dataset, fit starts from them)", flush=True)
+        else:
+            print(f"backbone {config.backbone}: trained from scratch (--backbone-weights none)", flush=True)
+    return weights
 
 
 def _check_config(config):
