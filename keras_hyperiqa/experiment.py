@@ -348,7 +348,6 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
         config.out = str(out)
     config = config or FitConfig()
     _check_config(config)
-    config.backbone_weights = resolve_backbone_weights(config)
     _dist().check_batch_size(config.batch_size)  # [distributed] divides by the replicas
     out = Path(config.out)
     primary = _dist().is_primary()  # [distributed] only rank / process 0 writes files
@@ -360,6 +359,9 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
     from keras_hyperiqa.data.splits import load_splits, save_splits
 
     info = load_dataset(config, report_dir=out if primary else None)
+    # After the dataset (a wrong --root is reported before any download),
+    # before the run's files.
+    config.backbone_weights = resolve_backbone_weights(config)
     if config.verbose and primary and not info.higher_is_better:
         print(f"{info.name}: DMOS labels (lower is better), trained on as they are: the model's "
               f"scores are lower-is-better, and it records so", flush=True)
@@ -388,7 +390,7 @@ def fit(config: FitConfig | None = None, resume: str | None = None):
 
 
 def resolve_backbone_weights(config):
-    """The run's ``backbone_weights``, checked before any file is written.
+    """The run's ``backbone_weights``, checked before the run's files are written.
 
     Unset: the backbone's ImageNet weights with a dataset (as the original
     starts from), ``none`` for the demo's from-scratch quick profile; a

