@@ -78,6 +78,10 @@ backend_option = click.option(
     "--backend", type=click.Choice(BACKENDS), default=None,
     help="Keras backend (default: $KERAS_BACKEND, else torch).")
 
+precision_option = click.option(
+    "--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+    help="bf16: the backbone in bfloat16 (GPUs); the head and scores stay float32.")
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="keras-hyperiqa")
@@ -110,7 +114,8 @@ def _fit_options(f):
                      help="Backbone [resnet50; demo: resnet_tiny]."),
         click.option("--backbone-weights", default=None, metavar="PATH|PRESET|none",
                      help="ImageNet weights: a timm/torchvision state dict, a timm folder, a keras-hub "
-                          "preset name (online), or none [none]."),
+                          "preset name (online), or none to train from scratch [with --dataset: the "
+                          "backbone's ImageNet weights, ResNets hf://timm/resnetN.tv_in1k; demo: none]."),
         click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
                      help="Start from this .keras model (fine-tune a converted or earlier model)."),
         click.option("--multiscale", is_flag=True, help="Swin: feed all four stages to the head."),
@@ -145,7 +150,8 @@ def _fit_options(f):
                      help="Drop invalid dataset items (listed in dropped.txt) instead of stopping."),
         click.option("--workers", type=int, default=None, help="Image decoding threads [CPU count]."),
         click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-                     help="bf16: mixed_bfloat16 (GPU runs)."),
+                     help="bf16: the backbone computes in bfloat16 (GPU runs); the head, scores and loss "
+                          "stay float32, and the saved model predicts in float32."),
         backend_option,
     ]
     for option in reversed(options):
@@ -205,8 +211,10 @@ def fit(**kw):
     last epoch (--decay-every 2), 2 train patches and 1 test patch per image,
     no validation split (last epoch selected): about 4.5 minutes on a 2-core
     CPU, held-out test SRCC about 0.76. With --dataset NAME --root DIR the defaults are
-    the original's: resnet50, 16 epochs, batch 96, lr 2e-5, ratio 10, weight
-    decay 5e-4, 25 train and 25 test patches of 224.
+    the original's: resnet50 from torchvision's ImageNet weights (downloaded by
+    keras-hub; offline, pass --backbone-weights PATH, or none to train from
+    scratch), 16 epochs, batch 96, lr 2e-5, ratio 10, weight decay 5e-4, 25
+    train and 25 test patches of 224.
 
     The run directory holds config.json, splits.json, metrics.csv,
     model.keras (selected epoch), summary.json (srcc, plcc), curves.png,
@@ -271,8 +279,9 @@ def ablate(**kw):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random crops.")
 @click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text", show_default=True)
 @click.option("--batch-size", type=int, default=25, show_default=True)
+@precision_option
 @backend_option
-def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend):
+def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, precision, backend):
     """Score images: files, folders or glob patterns.
 
     MODEL: a .keras file, a keras-hub preset folder, or a checkpoint
@@ -280,6 +289,9 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
     One score per image, deterministic by default (a grid of crops, the
     model's own resize). The scores' scale and the crops go to stderr. Unreadable inputs are reported on stderr while the
     rest are scored; the exit status is 2 when any input could not be scored.
+    The output says which way the scores point (a model trained on DMOS
+    labels scores lower for better images): a "# scores:" header line (text),
+    a higher_is_better column (csv) or field (json).
     """
     _use_backend(backend)
     from keras_hyperiqa import inference
@@ -287,7 +299,7 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
     resize_opt = "model" if resize == "model" else _parse_hw(resize, "--resize")
     files, problems = inference.expand_paths(paths)
     scorer = inference.Scorer.from_file(model, patches=patches, crops=crops, resize=resize_opt,
-                                        seed=seed, batch_size=batch_size)
+                                        seed=seed, batch_size=batch_size, precision=precision)
     if scorer.describe():
         click.echo(f"# {scorer.describe()}", err=True)
     results = []
@@ -296,7 +308,7 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
             results.append((path, scorer.score(path)))
         except UserError as err:
             problems.append(str(err))
-    click.echo(inference.format_scores(results, fmt), nl=False)
+    click.echo(inference.format_scores(results, fmt, scorer.model.higher_is_better), nl=False)
     for line in problems:
         click.echo(f"Error: {line}", err=True)
     if problems:
@@ -319,13 +331,17 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 @click.option("--skip-invalid", is_flag=True, help="Drop invalid dataset items instead of stopping.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default="predictions.csv",
               show_default=True, help="Per-image scores: image, label, prediction.")
+@precision_option
 @backend_option
 def evaluate(model, dataset, root, label_column, splits_path, round_index, patches, crops, resize,
-             seed, skip_invalid, csv_path, backend):
+             seed, skip_invalid, csv_path, precision, backend):
     """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV.
 
     MODEL: a .keras file, a keras-hub preset folder, or a checkpoint
     (koniq_pretrained.pkl, pyiqa's HyperIQA .pth) converted in memory.
+    Correlations are reported with higher score = better image: a model whose
+    scores point the other way from the dataset's labels (MOS-trained on LIVE
+    or CSIQ DMOS) is compared with the negated labels, and a note says so.
     """
     _use_backend(backend)
     from keras_hyperiqa import inference
@@ -334,9 +350,11 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
     metrics = inference.evaluate_dataset(
         model, dataset, root, label_column=label_column, splits_path=splits_path,
         round_index=round_index, patches=patches, crops=crops, resize=resize_opt, seed=seed,
-        skip_invalid=skip_invalid, csv_path=csv_path)
-    click.echo(" ".join(f"{k.upper()} {v:.4f}" for k, v in metrics.items() if k != "images")
+        skip_invalid=skip_invalid, csv_path=csv_path, precision=precision)
+    click.echo(" ".join(f"{k.upper()} {metrics[k]:.4f}" for k in ("srcc", "plcc", "krcc", "rmse") if k in metrics)
                + f"  ({metrics['images']} images; per-image scores in {csv_path})")
+    if metrics["note"]:
+        click.echo(metrics["note"])
 
 
 @cli.command()
@@ -347,8 +365,11 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
 @click.option("--resize", default=None, metavar="HxW|none",
               help="Preprocessing stored in the model [original: 512x384, the KonIQ size it was "
                    "trained at; pyiqa: none].")
+@click.option("--lower-is-better", is_flag=True,
+              help="The checkpoint was trained on DMOS labels (LIVE, CSIQ): its scores are lower for better "
+                   "images [the released KonIQ checkpoints: higher is better].")
 @backend_option
-def convert(src, dst, preset_dir, resize, backend):
+def convert(src, dst, preset_dir, resize, lower_is_better, backend):
     """Convert a HyperIQA checkpoint to .keras.
 
     SRC: the original's koniq_pretrained.pkl, pyiqa's HyperIQA .pth (its
@@ -363,7 +384,7 @@ def convert(src, dst, preset_dir, resize, backend):
 
     if dst is None and preset_dir is None:
         raise UserError("convert needs DST.keras, --preset DIR, or both")
-    kwargs = {}
+    kwargs = {"higher_is_better": not lower_is_better}
     if resize is not None:
         size = _parse_hw(resize, "--resize")
         kwargs["resize"] = None if size == "preset" else size

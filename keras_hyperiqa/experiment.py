@@ -213,18 +213,23 @@ def patch_sources(config, info, split, resize, short_side):
 
 
 # --------------------------------------------------------------------- model
-def build_model(config, resize, short_side):
-    from keras_hyperiqa.model.hyperiqa import HyperIQA
+def build_model(config, resize, short_side, higher_is_better=None):
+    """The run's model, under its precision; its scores point as the training labels do."""
+    from keras_hyperiqa.model.hyperiqa import HyperIQA, precision_scope
 
     if config.init:
-        model = load_model_file(config.init)
-        # Fine-tuning keeps the architecture but adopts this run's preprocessing.
+        model = load_model_file(config.init, precision=config.precision)
+        # Fine-tuning keeps the architecture but adopts this run's preprocessing
+        # and, trained on the raw labels, their direction.
         model.resize, model.short_side = resize, short_side
+        model.higher_is_better = higher_is_better
         return model
-    model = HyperIQA(backbone=config.backbone, multiscale=config.multiscale,
-                     attention=config.attention, dropout=config.dropout, drop_path=config.drop_path,
-                     patch_size=config.patch_size, resize=resize, short_side=short_side)
-    model.build((None, config.patch_size, config.patch_size, 3))
+    with precision_scope(config.precision):
+        model = HyperIQA(backbone=config.backbone, multiscale=config.multiscale,
+                         attention=config.attention, dropout=config.dropout,
+                         drop_path=config.drop_path, patch_size=config.patch_size,
+                         resize=resize, short_side=short_side, higher_is_better=higher_is_better)
+        model.build((None, config.patch_size, config.patch_size, 3))
     weights = config.backbone_weights
     if weights and weights.lower() != "none":
         from keras_hyperiqa.convert.backbone import load_backbone_weights
@@ -233,19 +238,21 @@ def build_model(config, resize, short_side):
     return model
 
 
-def load_model_file(path):
+def load_model_file(path, precision="fp32"):
     """Load a ``.keras`` HyperIQA file.
 
     What is the user's to fix is a one-line ``UserError``: a missing file, a
     file that is not a ``.keras`` archive (not a zip, a damaged zip, no
     ``config.json``) and the file of another model. Anything raised while
     Keras rebuilds a HyperIQA file is a bug and propagates unchanged.
+    ``precision``: ``fp32`` (default, whatever precision the model was trained
+    in) or ``bf16`` (backbone in bfloat16, scores still float32).
     """
     import zipfile
 
     import keras
 
-    import keras_hyperiqa.model.hyperiqa  # noqa: F401  (registers the classes)
+    from keras_hyperiqa.model.hyperiqa import precision_scope
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -264,7 +271,8 @@ def load_model_file(path):
     name = config.get("registered_name") or config.get("class_name") if isinstance(config, dict) else None
     if name not in ("keras_hyperiqa>HyperIQA", "HyperIQA"):
         raise UserError(f"{path}: not a HyperIQA model ({name or 'unknown class'})")
-    model = keras.saving.load_model(path, compile=False)
+    with precision_scope(precision):
+        model = keras.saving.load_model(path, compile=False)
     if not hasattr(model, "hypernet_variables"):
         raise UserError(f"{path}: not a HyperIQA model ({type(model).__name__})")
     return model
@@ -385,9 +393,13 @@ def fit(config: FitConfig | None = None, resume: str | None = None, overwrite: b
 
     from keras_hyperiqa.data.splits import load_splits, save_splits
 
-    if config.precision == "bf16":
-        keras.config.set_dtype_policy("mixed_bfloat16")
     info = load_dataset(config, report_dir=out if primary and resume is None else None)
+    # After the dataset (a wrong --root is reported before any download),
+    # before the run's files.
+    config.backbone_weights = resolve_backbone_weights(config)
+    if config.verbose and primary and not info.higher_is_better:
+        print(f"{info.name}: DMOS labels (lower is better), trained on as they are: the model's "
+              f"scores are lower-is-better, and it records so", flush=True)
     resize, short_side = resolved_resize(config, info)
     splits_path = out / "splits.json"
     if resume is not None and splits_path.is_file():
@@ -443,6 +455,9 @@ def _refuse_other_options(config, out):
     except UserError as err:
         raise UserError(f"{err}; use another --out, or --overwrite to replace it") from None
     ours = json.loads(json.dumps(config.to_json(), default=_json_default))
+    if ours.get("backbone_weights") is None and not config.init:
+        # The saved run holds its resolved default (the ImageNet weights, or none).
+        ours["backbone_weights"] = default_backbone_weights(config)
     theirs = json.loads(json.dumps(saved.to_json(), default=_json_default))
     for name in ours:
         if name not in _RUN_NEUTRAL_OPTIONS and ours[name] != theirs.get(name):
@@ -470,6 +485,40 @@ def _remove_run_files(out):
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def default_backbone_weights(config):
+    """``none`` for the demo's from-scratch quick profile, else the backbone's ImageNet weights."""
+    from keras_hyperiqa.convert.backbone import imagenet_weights
+
+    return "none" if config.dataset is None else imagenet_weights(config.backbone)
+
+
+def resolve_backbone_weights(config):
+    """The run's ``backbone_weights``, checked before the run's files are written.
+
+    Unset: the backbone's ImageNet weights with a dataset (as the original
+    starts from), ``none`` for the demo's from-scratch quick profile; a
+    one-line error when they cannot be had (offline, no such file). Says on
+    the console where the backbone starts from.
+    """
+    from keras_hyperiqa.convert.backbone import check_backbone_weights
+
+    weights = config.backbone_weights
+    if config.init:
+        return weights  # the --init model brings its own backbone
+    if weights is None:
+        weights = default_backbone_weights(config)
+    check_backbone_weights(weights)
+    if config.verbose and _dist().is_primary():
+        if weights.lower() != "none":
+            print(f"backbone {config.backbone}: ImageNet weights from {weights}", flush=True)
+        elif config.dataset is None:
+            print(f"demo set, quick profile: backbone {config.backbone} trained from scratch "
+                  f"(no ImageNet weights; with --dataset, fit starts from them)", flush=True)
+        else:
+            print(f"backbone {config.backbone}: trained from scratch (--backbone-weights none)", flush=True)
+    return weights
 
 
 def _check_config(config):
@@ -527,7 +576,7 @@ def _train_round(config, info, split, n_rounds, resize, short_side, out):
         rdir.mkdir(parents=True, exist_ok=True)
     seed = config.seed + split.round
     keras.utils.set_random_seed(seed)
-    model = build_model(config, resize, short_side)
+    model = build_model(config, resize, short_side, higher_is_better=info.higher_is_better)
     optimizer = HyperAdam(learning_rate=config.lr, weight_decay=config.weight_decay)
     trainer = Trainer(model, optimizer)
     fixes = Fixes.from_reverted([f.replace("-", "_") for f in config.revert_fix])

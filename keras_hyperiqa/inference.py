@@ -68,8 +68,8 @@ class Scorer:
         self.predict = Predictor(model)
 
     @classmethod
-    def from_file(cls, path, **kwargs):
-        return cls(load_model(path), **kwargs)
+    def from_file(cls, path, precision="fp32", **kwargs):
+        return cls(load_model(path, precision=precision), **kwargs)
 
     def describe(self):
         """One line on the scores' scale and the crops used, for ``predict``.
@@ -104,46 +104,76 @@ class Scorer:
 CHECKPOINT_SUFFIXES = (".pkl", ".pth", ".pt", ".bin", ".safetensors")
 
 
-def load_model(path):
+def load_model(path, precision="fp32"):
     """A HyperIQA model from a ``.keras`` file, a keras-hub preset (folder or
     ``hf://``), or an original / pyiqa checkpoint.
 
     Checkpoints (``koniq_pretrained.pkl``, pyiqa's ``.pth``) are converted in
-    memory, as ``keras-hyperiqa convert`` would.
+    memory, as ``keras-hyperiqa convert`` would. ``precision``: ``fp32``
+    (default) or ``bf16`` (backbone in bfloat16, scores still float32).
     """
+    from keras_hyperiqa.model.hyperiqa import precision_scope
     from keras_hyperiqa.presets import is_preset, load_preset
 
     path = os.fspath(path)
     if is_preset(path):
-        return load_preset(path)
+        with precision_scope(precision):
+            return load_preset(path)
     if path.lower().endswith(CHECKPOINT_SUFFIXES):
         from keras_hyperiqa.convert.original import load_checkpoint
 
-        return load_checkpoint(path)
+        with precision_scope(precision):
+            return load_checkpoint(path)
     from keras_hyperiqa.experiment import load_model_file
 
-    return load_model_file(path)
+    return load_model_file(path, precision=precision)
 
 
-def format_scores(results, fmt):
+def format_scores(results, fmt, higher_is_better=None):
+    """``results`` [(path, score)] as text, csv or json, saying which way the scores point.
+
+    ``higher_is_better`` is the model's (``None``: unknown): a ``# scores: ...``
+    header line in text, a ``higher_is_better`` column in csv, a field of
+    each entry in json.
+    """
     if fmt == "json":
-        return json.dumps([{"image": p, "score": s} for p, s in results], indent=2) + "\n"
+        return json.dumps([{"image": p, "score": s, "higher_is_better": higher_is_better}
+                           for p, s in results], indent=2) + "\n"
+    flag = "" if higher_is_better is None else str(bool(higher_is_better)).lower()
     if fmt == "csv":
         import csv
         import io
 
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["image", "score"])
-        w.writerows([(p, f"{s:.6f}") for p, s in results])
+        w.writerow(["image", "score", "higher_is_better"])
+        w.writerows([(p, f"{s:.6f}", flag) for p, s in results])
         return buf.getvalue()
-    return "".join(f"{p}\t{s:.4f}\n" for p, s in results)
+    header = f"# scores: {score_direction(higher_is_better)}\n"
+    return header + "".join(f"{p}\t{s:.4f}\n" for p, s in results)
+
+
+def score_direction(higher_is_better):
+    """How to read a model's scores, in words."""
+    if higher_is_better is None:
+        return "direction unknown (the model does not record its training labels' direction)"
+    if higher_is_better:
+        return "higher is better (trained on MOS-like labels)"
+    return "lower is better (trained on DMOS labels)"
 
 
 def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=None, round_index=0,
                      patches=None, crops=None, resize="model", seed=0, skip_invalid=False,
-                     csv_path="predictions.csv"):
-    """Image-level SRCC/PLCC/KRCC/RMSE of a model on a dataset (or a run's test split)."""
+                     csv_path="predictions.csv", precision="fp32"):
+    """Image-level SRCC/PLCC/KRCC/RMSE of a model on a dataset (or a run's test split).
+
+    Correlations are in the "higher score = better image" sense: when the
+    model's scores and the dataset's labels point opposite ways (a MOS-trained
+    model on a DMOS set, or the reverse), they are computed against the
+    negated labels, RMSE (scores and labels on unrelated scales) is left out,
+    and ``note`` says so. A model that records no direction is taken to point
+    as the labels do. ``labels_flipped`` and ``note`` are in the result.
+    """
     from keras_hyperiqa.data.readers import read_dataset
     from keras_hyperiqa.data.splits import load_splits
     from keras_hyperiqa.data.validate import validated
@@ -151,7 +181,7 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
     from keras_hyperiqa.training.metrics import iqa_metrics
 
     scorer = Scorer.from_file(model_path, patches=patches, crops=crops, resize=resize, seed=seed,
-                              batch_size=max(patches or 25, 25))
+                              batch_size=max(patches or 25, 25), precision=precision)
     info = read_dataset(dataset, root, label_column=label_column)
     report = Path(csv_path).with_name(Path(csv_path).stem + "_dropped.txt")
     info = validated(info, skip_invalid=skip_invalid, report_path=report)
@@ -169,10 +199,22 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
         index.append(np.asarray(idx))
     predictions = data.image_means(np.concatenate(scores), np.concatenate(index))
     labels = np.array([r.label for r in records])
-    metrics = iqa_metrics(predictions, labels)
+    model_hib = scorer.model.higher_is_better
+    flipped = model_hib is not None and model_hib != info.higher_is_better
+    metrics = iqa_metrics(predictions, -labels if flipped else labels)
     rows = [{"image": info.relpath(r), "label": r.label, "prediction": float(p)}
             for r, p in zip(records, predictions)]
     write_csv(csv_path, rows, ["image", "label", "prediction"])
     metrics = {k: float(v) for k, v in metrics.items()}
+    note = None
+    if flipped:
+        del metrics["rmse"]
+        labels_word = "higher" if info.higher_is_better else "lower"
+        scores_word = "higher" if model_hib else "lower"
+        note = (f"note: {info.name} labels are {labels_word}-is-better, the model's scores "
+                f"{scores_word}-is-better: correlations use the negated labels (higher score = "
+                f"better image); RMSE not reported")
     metrics["images"] = len(records)
+    metrics["labels_flipped"] = flipped
+    metrics["note"] = note
     return metrics

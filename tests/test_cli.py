@@ -90,10 +90,11 @@ def test_predict_is_deterministic_and_formats(run_dir, dataset):
     assert all(np.isfinite(s["score"]) for s in scores)
     text = _run(["predict", str(out / "model.keras"), str(dataset / "img"), "--patches", "1"])
     assert text.exit_code == 0
-    assert len(text.output.strip().splitlines()) == 20
+    assert text.output.splitlines()[0] == "# scores: higher is better (trained on MOS-like labels)"
+    assert len(text.output.strip().splitlines()) == 1 + 20
     csv_out = _run(["predict", str(out / "model.keras"), str(dataset / "img" / "0*.png"), "--format", "csv",
                     "--patches", "1"])
-    assert csv_out.output.splitlines()[0] == "image,score"
+    assert csv_out.output.splitlines()[0] == "image,score,higher_is_better"
     assert len(csv_out.output.strip().splitlines()) == 11
 
 

@@ -65,6 +65,7 @@ def test_converted_scores_equal_reference_torch(original):
     assert ref.max() - ref.min() > 0
     assert np.abs(ours - ref).max() <= _bound(original["model"], 1) * np.abs(ref).max()
     assert original["model"].resize == KONIQ_RESIZE
+    assert original["model"].higher_is_better is True  # the released checkpoint: KonIQ MOS
 
 
 def test_converted_file_scores_equal_reference_jax_and_torch(original):

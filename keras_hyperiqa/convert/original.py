@@ -126,7 +126,7 @@ def conversion_table(model):
 _DEFAULT = object()
 
 
-def load_checkpoint(src, resize=_DEFAULT):
+def load_checkpoint(src, resize=_DEFAULT, higher_is_better=True):
     """A ``HyperIQA`` from an original, a pyiqa or a SMART-IQA (Swin fork) checkpoint.
 
     The format is detected from the keys. The model records the format's
@@ -134,6 +134,8 @@ def load_checkpoint(src, resize=_DEFAULT):
     512x384; pyiqa: none) unless ``resize`` is given (``None`` or ``(H, W)``).
     Every key of the file must be used and every variable filled; otherwise a
     ``UserError`` lists the missing, mis-shaped and unexpected keys.
+    ``higher_is_better``: the direction of the labels it was trained on (the
+    released checkpoints: KonIQ MOS, higher is better; False for LIVE/CSIQ DMOS).
     """
     tensors = read_state_dict(src)
     source = os.fspath(src)
@@ -142,17 +144,19 @@ def load_checkpoint(src, resize=_DEFAULT):
         from keras_hyperiqa.convert.smart_iqa import load_smart_iqa
 
         kwargs = {} if resize is _DEFAULT else {"resize": resize}
-        return load_smart_iqa(src, tensors=tensors, **kwargs)
+        return load_smart_iqa(src, tensors=tensors, higher_is_better=higher_is_better, **kwargs)
     if fmt == "pyiqa":
         tensors = pyiqa_to_original(tensors)
-    return _build(tensors, source, fmt, resize)
+    return _build(tensors, source, fmt, resize, higher_is_better)
 
 
-def load_original_checkpoint(src, resize=KONIQ_RESIZE):
+def load_original_checkpoint(src, resize=KONIQ_RESIZE, higher_is_better=True):
     """Build a ``HyperIQA`` (ResNet-50) holding the original checkpoint's weights.
 
     Every key of the file must be used and every variable filled; otherwise a
     ``UserError`` lists the missing, mis-shaped and unexpected keys.
+    ``higher_is_better``: the direction of the labels it was trained on (the
+    released checkpoint: KonIQ MOS, higher is better; False for LIVE/CSIQ DMOS).
     """
     tensors = read_state_dict(src)
     source = os.fspath(src)
@@ -161,16 +165,16 @@ def load_original_checkpoint(src, resize=KONIQ_RESIZE):
             f"{source}: not an original HyperIQA checkpoint (no 'res.' keys; "
             f"first keys: {', '.join(list(tensors)[:3])})"
         )
-    return _build(tensors, source, "original", resize)
+    return _build(tensors, source, "original", resize, higher_is_better)
 
 
-def _build(tensors, source, fmt, resize=_DEFAULT):
+def _build(tensors, source, fmt, resize=_DEFAULT, higher_is_better=True):
     from keras_hyperiqa.model.hyperiqa import HyperIQA
 
     info = dict(FORMATS[fmt])
     if resize is not _DEFAULT:
         info["resize"] = resize
-    model = HyperIQA(backbone="resnet50", **info)
+    model = HyperIQA(backbone="resnet50", higher_is_better=higher_is_better, **info)
     model.build((None, 224, 224, 3))
     table = WeightTable(tensors, source=source)
     table.prefix = "res."
@@ -184,11 +188,11 @@ def _build(tensors, source, fmt, resize=_DEFAULT):
     return model
 
 
-def convert_original_checkpoint(src, dst, resize=_DEFAULT):
+def convert_original_checkpoint(src, dst, resize=_DEFAULT, higher_is_better=True):
     """Convert an original, pyiqa or SMART-IQA checkpoint to a ``.keras`` file, written atomically.
 
     Nothing is written to ``dst`` unless the whole conversion succeeds.
-    ``resize``: as in :func:`load_checkpoint` (default: the format's).
+    ``resize``, ``higher_is_better``: as in :func:`load_checkpoint`.
     """
     dst = os.fspath(dst)
     if not dst.endswith(".keras"):
@@ -196,7 +200,7 @@ def convert_original_checkpoint(src, dst, resize=_DEFAULT):
     folder = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(folder):
         raise UserError(f"{dst}: folder {folder} does not exist")
-    model = load_checkpoint(src, resize=resize)
+    model = load_checkpoint(src, resize=resize, higher_is_better=higher_is_better)
     save_model_atomic(model, dst)
     return model
 

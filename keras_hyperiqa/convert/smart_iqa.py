@@ -105,7 +105,7 @@ def smart_iqa_table(model):
 
 
 def load_smart_iqa(src, resize=KONIQ_RESIZE, tensors=None, dropout=FORK_DROPOUT,
-                   drop_path=FORK_DROP_PATH):
+                   drop_path=FORK_DROP_PATH, higher_is_better=True):
     """Build a ``HyperIQA`` holding a fork checkpoint's weights (see module docstring)."""
     from keras_hyperiqa.convert.timm_swin import load_timm_swin_weights
     from keras_hyperiqa.model.hyperiqa import HyperIQA
@@ -114,7 +114,8 @@ def load_smart_iqa(src, resize=KONIQ_RESIZE, tensors=None, dropout=FORK_DROPOUT,
     if tensors is None:
         tensors = read_state_dict(src) if isinstance(src, (str, os.PathLike)) else dict(src)
     arch = detect_architecture(tensors, source)
-    model = HyperIQA(**arch, resize=resize, dropout=dropout, drop_path=drop_path)
+    model = HyperIQA(**arch, resize=resize, dropout=dropout, drop_path=drop_path,
+                     higher_is_better=higher_is_better)
     model.build((None, model.patch_size, model.patch_size, 3))
     table = WeightTable(tensors, source=source)
     for variable, key, transform in smart_iqa_table(model):

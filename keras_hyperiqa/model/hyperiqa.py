@@ -1,5 +1,6 @@
 """The HyperIQA model (Su et al., CVPR 2020) as a Keras 3 model."""
 
+import contextlib
 import random
 
 import keras
@@ -19,6 +20,30 @@ from keras_hyperiqa.model.layers import (
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+@contextlib.contextmanager
+def precision_scope(precision="fp32"):
+    """Build (or load) models under ``precision``: ``fp32`` or ``bf16``.
+
+    A layer takes Keras's global dtype policy when it is built; the scope
+    restores the previous policy afterwards, so a bf16 run leaves nothing
+    behind in the process. Under ``bf16`` the backbone and the LDA taps compute
+    in bfloat16 (variables float32); the hyper head, the target net and the
+    scores are float32 either way (``HyperIQA``).
+    """
+    import keras
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 @keras.saving.register_keras_serializable("keras_hyperiqa")
@@ -85,13 +110,18 @@ class HyperIQA(keras.Model):
         test_patches, test_crops: the test crops the weights' authors score
             with (``25``, ``"grid"`` or ``"random"``), or ``None``;
             ``predict`` and ``evaluate`` use them unless told otherwise.
+        higher_is_better: the direction of the scores, that of the labels the
+            model was trained on: ``True`` for MOS (KonIQ, LIVEC...), ``False``
+            for DMOS (LIVE, CSIQ), ``None`` when unknown. ``fit`` and
+            ``convert`` set it; ``evaluate`` and ``predict`` report by it.
     """
 
     def __init__(self, backbone="resnet50", lda_out=16, hyper_in=112,
                  target_dims=(224, 112, 56, 28, 14, 1), head_widths=None,
                  multiscale=False, patch_size=224, resize=None, short_side=None,
                  score_range=None, test_patches=None, test_crops=None,
-                 attention=False, dropout=0.0, drop_path=0.0, seed=None, **kwargs):
+                 attention=False, dropout=0.0, drop_path=0.0, seed=None,
+                 higher_is_better=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone_name = check_backbone_name(backbone)
         self.lda_out = int(lda_out)
@@ -118,6 +148,7 @@ class HyperIQA(keras.Model):
         self.score_range = None if score_range is None else tuple(float(v) for v in score_range)
         self.test_patches = None if test_patches is None else int(test_patches)
         self.test_crops = test_crops
+        self.higher_is_better = None if higher_is_better is None else bool(higher_is_better)
 
         self.backbone, self.backbone_features = build_backbone(
             backbone, self.patch_size, drop_path=self.drop_path, seed=self.seed)
@@ -151,8 +182,13 @@ class HyperIQA(keras.Model):
             target_dims=self.target_dims, feature_size=self.feature_size,
             data_format=self.data_format, dropout=self.dropout, seed=self.seed + 1002,
             name="hyper_head",
+            # The generated target-net weights feed a 0-100 score: under a
+            # bfloat16 policy their 8-bit mantissas move the scores by a few
+            # percent of their spread, so the head always computes in float32.
+            dtype="float32",
         )
-        self.target_dropout = (SeededDropout(self.dropout, seed=self.seed + 1003, name="target_dropout")
+        self.target_dropout = (SeededDropout(self.dropout, seed=self.seed + 1003, dtype="float32",
+                                             name="target_dropout")
                                if self.dropout > 0 else None)
         self._mean = [255.0 * m for m in IMAGENET_MEAN]
         self._std = [255.0 * s for s in IMAGENET_STD]
@@ -181,7 +217,8 @@ class HyperIQA(keras.Model):
         return fusion + list(self.hyper_head.trainable_variables)
 
     def normalize(self, x):
-        x = ops.cast(x, self.compute_dtype)
+        # float32 whatever the policy: the backbone casts the result to its own dtype.
+        x = ops.cast(x, "float32")
         # Per-channel Python numbers: a constant array would be copied from the
         # host at every call, which on a GPU waits for the device.
         channels = ops.split(x, len(self._mean), axis=-1)
@@ -246,7 +283,9 @@ class HyperIQA(keras.Model):
             short_side=self.short_side,
             score_range=None if self.score_range is None else list(self.score_range),
             test_patches=self.test_patches, test_crops=self.test_crops,
+            higher_is_better=self.higher_is_better,
         )
+        config.pop("dtype", None)
         return config
 
     @classmethod
@@ -262,11 +301,26 @@ class HyperIQA(keras.Model):
 
         return save_preset(self, preset_dir)
 
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # The dtype policy in force when the model was saved (mixed_bfloat16
+        # after a bf16 run) is no property of the model: it is built under the
+        # loader's policy (float32 unless loaded inside precision_scope("bf16")).
+        config = {k: v for k, v in config.items() if k != "dtype"}
+        return cls(**config)
+
     @property
     def preprocessing(self):
         """How images are prepared for this model at inference: resize and patch size."""
         return {"resize": self.resize, "short_side": self.short_side,
                 "patch_size": self.patch_size}
+
+    @property
+    def score_direction(self):
+        """``higher is better``, ``lower is better`` or ``unknown``: how to read the scores."""
+        if self.higher_is_better is None:
+            return "unknown"
+        return "higher is better" if self.higher_is_better else "lower is better"
 
 
 def _freeze_unused(backbone, features):

@@ -182,18 +182,18 @@ class LDATap(layers.Layer):
         if self.reduce_channels is not None:
             self.reduce = layers.Conv2D(
                 self.reduce_channels, 1, use_bias=False, data_format=data_format,
-                kernel_initializer=kaiming_normal(), name="reduce",
+                kernel_initializer=kaiming_normal(), name="reduce", dtype=self.dtype_policy,
             )
             channels = self.reduce_channels
         else:
             self.reduce = None
-        self.pool = layers.AveragePooling2D(self.pool_size, self.pool_size,
-                                            data_format=data_format, name="pool")
+        self.pool = layers.AveragePooling2D(self.pool_size, self.pool_size, data_format=data_format,
+                                            name="pool", dtype=self.dtype_policy)
         pooled = self.spatial // self.pool_size
         fan_in = channels * pooled * pooled
         self.fc = layers.Dense(
             self.units, kernel_initializer=kaiming_normal(),
-            bias_initializer=torch_default_bias(fan_in), name="fc",
+            bias_initializer=torch_default_bias(fan_in), name="fc", dtype=self.dtype_policy,
         )
 
     def build(self, input_shape):
@@ -254,6 +254,7 @@ class HyperHead(layers.Layer):
                 width, 1, activation="relu", data_format=data_format,
                 kernel_initializer=torch_default_kernel(),
                 bias_initializer=torch_default_bias(fan_in), name=f"conv1_{2 * i}",
+                dtype=self.dtype_policy,
             ))
             fan_in = width
 
@@ -273,17 +274,19 @@ class HyperHead(layers.Layer):
                     fan_out * fan_in_t // cells, 3, padding="same", data_format=data_format,
                     kernel_initializer=kaiming_normal(),
                     bias_initializer=torch_default_bias(self.hyper_in * 9),
-                    name=f"fc{k}w",
+                    name=f"fc{k}w", dtype=self.dtype_policy,
                 )
             else:
                 gen = layers.Dense(
                     fan_out * fan_in_t, kernel_initializer=kaiming_normal(),
                     bias_initializer=torch_default_bias(self.hyper_in), name=f"fc{k}w",
+                    dtype=self.dtype_policy,
                 )
             self.weight_generators.append(gen)
             self.bias_generators.append(layers.Dense(
                 fan_out, kernel_initializer=kaiming_normal(),
                 bias_initializer=torch_default_bias(self.hyper_in), name=f"fc{k}b",
+                dtype=self.dtype_policy,
             ))
 
     def build(self, input_shape):
@@ -333,9 +336,15 @@ def target_network(x, params, dropout=None, training=None):
     ``dropout`` (a ``Dropout`` layer or None): the Swin fork's dropout after
     every sigmoid but the last (between layers 1-2, 2-3 and 3-4 of five).
     Returns the last layer's output with its singleton axis dropped: (B,).
+
+    Always float32, whatever the inputs' dtype: a 0-100 score in bfloat16
+    moves in steps of 0.25-0.5, which the L1 loss and the correlations would
+    see as ties.
     """
+    x = ops.cast(x, "float32")
     last = len(params) - 1
     for k, (w, b) in enumerate(params):
+        w, b = ops.cast(w, "float32"), ops.cast(b, "float32")
         x = ops.einsum("boi,bi->bo", w, x) + b
         if k < last:
             x = ops.sigmoid(x)

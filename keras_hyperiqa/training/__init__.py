@@ -2,10 +2,9 @@
 
 Typical wiring (what the CLI does)::
 
-    if precision == "bf16":                      # GPU runs; fp32 default
-        keras.config.set_dtype_policy("mixed_bfloat16")   # before the model
     keras.utils.set_random_seed(seed)
-    model = HyperIQA(...)
+    with precision_scope(precision):             # "bf16": GPU runs; "fp32" default
+        model = HyperIQA(...)                    # (keras_hyperiqa.model.hyperiqa)
     optimizer = HyperAdam(learning_rate=lr, weight_decay=5e-4)
     trainer = Trainer(model, optimizer)          # builds the optimizer
     schedule = HyperIQASchedule(optimizer, model.backbone_variables,
