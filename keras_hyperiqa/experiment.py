@@ -394,22 +394,19 @@ def fit(config: FitConfig | None = None, resume: str | None = None, overwrite: b
     from keras_hyperiqa.data.splits import load_splits, save_splits
 
     info = load_dataset(config, report_dir=out if primary and resume is None else None)
-    # After the dataset (a wrong --root is reported before any download),
-    # before the run's files.
+    resize, short_side = resolved_resize(config, info)
+    splits_path = out / "splits.json"
+    new_splits = not (resume is not None and splits_path.is_file())
+    splits = make_round_splits(config, info) if new_splits else load_splits(splits_path, info)
+    _check_splits(config, splits)
+    # After the dataset and splits (a wrong --root or a split too small is
+    # reported before any download), before the run's files.
     config.backbone_weights = resolve_backbone_weights(config)
     if config.verbose and primary and not info.higher_is_better:
         print(f"{info.name}: DMOS labels (lower is better), trained on as they are: the model's "
               f"scores are lower-is-better, and it records so", flush=True)
-    resize, short_side = resolved_resize(config, info)
-    splits_path = out / "splits.json"
-    if resume is not None and splits_path.is_file():
-        splits = load_splits(splits_path, info)
-        _check_splits(config, splits)
-    else:
-        splits = make_round_splits(config, info)
-        _check_splits(config, splits)
-        if primary:
-            save_splits(splits_path, splits, info)
+    if new_splits and primary:
+        save_splits(splits_path, splits, info)
     if primary and resume is None:
         write_json(out / "config.json", {
             "options": config.to_json(),

@@ -111,7 +111,9 @@ def test_dataset_default_is_each_backbones_imagenet_source():
     from keras_hyperiqa.model.backbones import BACKBONES
 
     for name in BACKBONES:
-        if name == "resnet_tiny":
+        if name in ("resnet_tiny", "swin_micro"):  # test-size configs without ImageNet weights
             continue
         assert backbone_weights.imagenet_weights(name) == backbone_weights.IMAGENET_WEIGHTS[name]
     assert backbone_weights.imagenet_weights("resnet50") == "hf://timm/resnet50.tv_in1k"
+    with pytest.raises(UserError, match="--backbone-weights none"):
+        backbone_weights.imagenet_weights("swin_micro")
