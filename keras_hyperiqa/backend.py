@@ -12,6 +12,14 @@ import os
 import sys
 
 DEFAULT_BACKEND = "torch"
+BACKENDS = ("torch", "jax")
+
+# Frameworks our commands never use. keras-hub imports TensorFlow and
+# tensorflow-text when they are installed (seconds of start-up and C++ log
+# lines) but only needs them for text models; Keras imports jax whenever it
+# is installed. Both treat an ImportError as "not installed".
+_UNUSED_BY_COMMANDS = ("tensorflow", "tensorflow_text")
+_blocked = []
 
 # Modules whose import registers our serializable classes with Keras.
 _SERIALIZABLE_MODULES = ("keras_hyperiqa.model.hyperiqa",)
@@ -23,6 +31,55 @@ def ensure_default_backend():
     # keras-hub imports TensorFlow (for tf.data); keep its C++ start-up logs quiet.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return os.environ["KERAS_BACKEND"]
+
+
+def block_imports(names):
+    """Make ``import NAME`` raise ImportError in this process (unless already imported).
+
+    Python's documented ``sys.modules[name] = None`` block. Our commands use
+    it for frameworks they never need; ``unblock_imports`` undoes it, so a
+    process that ran a command in-process (tests, notebooks) is left as it was.
+    """
+    for name in names:
+        if name not in sys.modules:
+            sys.modules[name] = None
+            _blocked.append(name)
+
+
+def unblock_imports():
+    """Undo every ``block_imports`` still in force."""
+    while _blocked:
+        name = _blocked.pop()
+        if name in sys.modules and sys.modules[name] is None:
+            del sys.modules[name]
+
+
+def block_unused_frameworks(backend=None):
+    """For our commands: keep TensorFlow (and under torch, jax) from being imported."""
+    names = list(_UNUSED_BY_COMMANDS)
+    if backend == "torch":
+        names.append("jax")
+    block_imports(names)
+
+
+def check_backend():
+    """The backend in force; ``BackendError`` (a ``UserError`` and ``ImportError``) if not torch or jax."""
+    from keras_hyperiqa.errors import BackendError
+
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend"):
+        backend = keras.backend.backend()
+        if backend not in BACKENDS:
+            raise BackendError(
+                f"keras is running on {backend} (it was imported before keras_hyperiqa, without "
+                "KERAS_BACKEND); keras-hyperiqa needs torch or jax: import keras_hyperiqa before "
+                "keras (it selects torch), or set KERAS_BACKEND=torch or KERAS_BACKEND=jax")
+        return backend
+    backend = os.environ.get("KERAS_BACKEND", DEFAULT_BACKEND)
+    if backend not in BACKENDS:
+        raise BackendError(f"KERAS_BACKEND={backend}: keras-hyperiqa needs torch or jax; "
+                           "set KERAS_BACKEND=torch or KERAS_BACKEND=jax")
+    return backend
 
 
 def _our_import_in_progress():

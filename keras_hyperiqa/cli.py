@@ -30,20 +30,30 @@ class InputError(click.ClickException):
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        from keras_hyperiqa import backend as hb
+
+        # Our commands never use TensorFlow; keras-hub would import it (seconds,
+        # and C++ log lines on stderr). Blocked only while a command runs.
+        hb.block_unused_frameworks()
         try:
             return super().invoke(ctx)
         except UserError as err:
             raise InputError(str(err)) from None
+        finally:
+            hb.unblock_imports()
 
 
 def _use_backend(backend):
     """Select the Keras backend for this process (before keras is imported)."""
-    if backend is None:
-        return
-    current = os.environ.get("KERAS_BACKEND")
-    if "keras" in sys.modules and current != backend:
-        raise UserError(f"--backend {backend}: keras is already running on {current}")
-    os.environ["KERAS_BACKEND"] = backend
+    from keras_hyperiqa import backend as hb
+
+    if backend is not None:
+        current = os.environ.get("KERAS_BACKEND")
+        if "keras" in sys.modules and current != backend:
+            raise UserError(f"--backend {backend}: keras is already running on {current}")
+        os.environ["KERAS_BACKEND"] = backend
+    if hb.check_backend() == "torch":
+        hb.block_unused_frameworks("torch")  # Keras imports jax whenever it is installed
 
 
 def _parse_hw(value, option):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_hyperiqa.backend import check_backend
 from keras_hyperiqa.model.backbones import build_backbone, check_backbone_name, is_swin
 from keras_hyperiqa.model.layers import HyperHead, LDATap, target_network
 
@@ -61,6 +62,7 @@ class HyperIQA(keras.Model):
                  target_dims=(224, 112, 56, 28, 14, 1), head_widths=None,
                  multiscale=False, patch_size=224, resize=None, short_side=None,
                  **kwargs):
+        check_backend()
         super().__init__(**kwargs)
         self.backbone_name = check_backbone_name(backbone)
         self.lda_out = int(lda_out)
