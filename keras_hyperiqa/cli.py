@@ -56,10 +56,17 @@ def _use_backend(backend):
         hb.block_unused_frameworks("torch")  # Keras imports jax whenever it is installed
 
 
+# --resize everywhere: HxW, none, or preset (the dataset's for fit, the
+# model's own for predict/evaluate, which is its training set's); "model" is
+# accepted as another spelling of preset.
+RESIZE_METAVAR = "HxW|none|preset"
+_PRESET_SPELLINGS = ("preset", "model")
+
+
 def _parse_hw(value, option):
-    if value is None or value == "preset":
+    if value is None or value.strip().lower() in _PRESET_SPELLINGS:
         return "preset"
-    if value.lower() == "none":
+    if value.strip().lower() == "none":
         return None
     try:
         h, w = (int(v) for v in value.lower().split("x"))
@@ -68,6 +75,12 @@ def _parse_hw(value, option):
     except ValueError:
         raise UserError(f"{option} {value!r}: expected HxW (e.g. 512x384), 'none' or 'preset'") from None
     return (h, w)
+
+
+def _model_resize(value):
+    """predict/evaluate: ``"model"`` (the model's own preprocessing), None or (H, W)."""
+    size = _parse_hw(value, "--resize")
+    return "model" if size == "preset" else size
 
 
 backend_option = click.option(
@@ -95,15 +108,15 @@ def _fit_options(f):
     options = [
         click.option("--dataset", type=click.Choice(DATASETS), default=None,
                      help="Dataset reader. Without it: the embedded demo set with the quick profile."),
-        click.option("--root", type=click.Path(file_okay=False), default=None,
-                     help="Dataset folder, as downloaded."),
+        click.option("--root", type=click.Path(file_okay=False, exists=True), default=None,
+                     help="Dataset folder, as downloaded (csv: the folder of labels.csv)."),
         click.option("--label-column", default=None, help="Label column to read (KonIQ: MOS_zscore by default)."),
         click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default=None,
                      help="Backbone [resnet50; demo: resnet_tiny]."),
         click.option("--backbone-weights", default=None, metavar="PATH|PRESET|none",
                      help="ImageNet weights: a timm/torchvision state dict, a timm folder, a keras-hub "
                           "preset name (online), or none [none]."),
-        click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
+        click.option("--init", "init", type=click.Path(dir_okay=False, exists=True), default=None,
                      help="Start from this .keras model (fine-tune a converted or earlier model)."),
         click.option("--multiscale", is_flag=True, help="Swin: feed all four stages to the head."),
         click.option("--epochs", type=int, default=None, help="Epochs [16; demo 4]."),
@@ -117,8 +130,9 @@ def _fit_options(f):
         click.option("--test-patches", type=int, default=None, help="Test crops per image [25; demo 1]."),
         click.option("--test-crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True,
                      help="Test crops: deterministic k x k grid, or random as in the original."),
-        click.option("--resize", default=None, metavar="HxW|none|preset",
-                     help="Resize before cropping [the dataset's preset: KonIQ 512x384, BID 512x512]."),
+        click.option("--resize", default=None, metavar=RESIZE_METAVAR,
+                     help="Resize before cropping; preset: the dataset's (KonIQ 512x384, BID 512x512, "
+                          "others none) [preset]."),
         click.option("--rounds", type=int, default=1, show_default=True,
                      help="Seeded train/test rounds; the median is reported (the paper used 10)."),
         click.option("--val-fraction", type=float, default=None,
@@ -235,12 +249,13 @@ def ablate(**kw):
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(dir_okay=False, exists=True))
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--patches", type=int, default=25, show_default=True, help="Crops per image.")
 @click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
-@click.option("--resize", default="model", metavar="HxW|none|model",
-              help="Resize before cropping [the model's own preprocessing].")
+@click.option("--resize", default="preset", metavar=RESIZE_METAVAR,
+              help="Resize before cropping; preset: the model's own preprocessing, stored "
+                   "with it (its training set's preset) [preset].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random crops.")
 @click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text", show_default=True)
 @click.option("--batch-size", type=int, default=25, show_default=True)
@@ -255,34 +270,39 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
     _use_backend(backend)
     from keras_hyperiqa import inference
 
-    resize_opt = "model" if resize == "model" else _parse_hw(resize, "--resize")
+    resize_opt = _model_resize(resize)
     files, problems = inference.expand_paths(paths)
+    for line in problems:  # at once, not after the model has loaded
+        click.echo(f"Error: {line}", err=True)
+    if not files:
+        sys.exit(2)
     scorer = inference.Scorer.from_file(model, patches=patches, crops=crops, resize=resize_opt,
                                         seed=seed, batch_size=batch_size)
-    results = []
+    results, n_path_problems = [], len(problems)
     for path in files:
         try:
             results.append((path, scorer.score(path)))
         except UserError as err:
             problems.append(str(err))
     click.echo(inference.format_scores(results, fmt), nl=False)
-    for line in problems:
+    for line in problems[n_path_problems:]:
         click.echo(f"Error: {line}", err=True)
     if problems:
         sys.exit(2)
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(dir_okay=False, exists=True))
 @click.option("--dataset", type=click.Choice(DATASETS), required=True)
-@click.option("--root", type=click.Path(file_okay=False), required=True)
+@click.option("--root", type=click.Path(file_okay=False, exists=True), required=True)
 @click.option("--label-column", default=None)
-@click.option("--splits", "splits_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--splits", "splits_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A run's splits.json: score only its test images (round --round).")
 @click.option("--round", "round_index", type=int, default=0, show_default=True)
 @click.option("--patches", type=int, default=25, show_default=True)
 @click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
-@click.option("--resize", default="model", metavar="HxW|none|model")
+@click.option("--resize", default="preset", metavar=RESIZE_METAVAR,
+              help="Resize before cropping; preset: the model's own preprocessing [preset].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-invalid", is_flag=True, help="Drop invalid dataset items instead of stopping.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default="predictions.csv",
@@ -294,7 +314,7 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
     _use_backend(backend)
     from keras_hyperiqa import inference
 
-    resize_opt = "model" if resize == "model" else _parse_hw(resize, "--resize")
+    resize_opt = _model_resize(resize)
     metrics = inference.evaluate_dataset(
         model, dataset, root, label_column=label_column, splits_path=splits_path,
         round_index=round_index, patches=patches, crops=crops, resize=resize_opt, seed=seed,
@@ -304,10 +324,11 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
 
 
 @cli.command()
-@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("src", type=click.Path(dir_okay=False, exists=True))
 @click.argument("dst", type=click.Path(dir_okay=False))
-@click.option("--resize", default="512x384", show_default=True, metavar="HxW|none",
-              help="Preprocessing stored in the model (the released checkpoint was trained on KonIQ at 512x384).")
+@click.option("--resize", default="preset", metavar=RESIZE_METAVAR,
+              help="Preprocessing stored in the model; preset: KonIQ's 512x384, on which the "
+                   "released checkpoint was trained [preset].")
 @backend_option
 def convert(src, dst, resize, backend):
     """Convert an original HyperIQA checkpoint (koniq_pretrained.pkl) to .keras."""
@@ -315,7 +336,8 @@ def convert(src, dst, resize, backend):
     from keras_hyperiqa.convert.original import convert_original_checkpoint
 
     size = _parse_hw(resize, "--resize")
-    convert_original_checkpoint(src, dst, resize=None if size == "preset" else size)
+    kwargs = {} if size == "preset" else {"resize": size}
+    convert_original_checkpoint(src, dst, **kwargs)
     click.echo(f"wrote {dst}")
 
 

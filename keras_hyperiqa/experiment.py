@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keras_hyperiqa.atomic import write_atomic
-from keras_hyperiqa.errors import UserError
+from keras_hyperiqa.errors import UserError, first_line
 
 
 def _dist():
@@ -241,8 +241,7 @@ def load_model_file(path):
     try:
         model = keras.saving.load_model(path, compile=False)
     except (ValueError, OSError, zipfile.BadZipFile, KeyError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a readable .keras model ({reason})") from None
+        raise UserError(f"{path}: not a readable .keras model ({first_line(err)})") from None
     if not hasattr(model, "hypernet_variables"):
         raise UserError(f"{path}: not a HyperIQA model ({type(model).__name__})")
     return model
@@ -380,7 +379,8 @@ def _check_config(config):
     if bad:
         raise UserError(f"unknown fix {bad[0]!r} for --revert-fix; choose from {', '.join(FIX_NAMES)}")
     if config.test_crops == "grid" and round(math.sqrt(config.test_patches)) ** 2 != config.test_patches:
-        raise UserError(f"--test-patches {config.test_patches} must be a square number for grid crops")
+        raise UserError(f"--test-patches {config.test_patches} must be a square number for grid crops "
+                        "(a k x k grid: 1, 4, 9, 16, 25, ...), or use --test-crops random")
     for name in ("epochs", "batch_size", "train_patches", "test_patches", "rounds", "decay_every"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")

@@ -50,10 +50,7 @@ class Scorer:
     def __init__(self, model, patches=25, crops="grid", resize="model", seed=0, batch_size=25):
         from keras_hyperiqa.training.trainer import Predictor
 
-        if crops == "grid" and round(math.sqrt(patches)) ** 2 != patches:
-            raise UserError(f"--patches {patches} must be a square number for grid crops")
-        if patches < 1 or batch_size < 1:
-            raise UserError("--patches and --batch-size must be at least 1")
+        self.check_options(patches, crops, batch_size)
         self.model = model
         self.patches, self.crops, self.seed, self.batch_size = patches, crops, seed, batch_size
         if resize == "model":
@@ -62,10 +59,20 @@ class Scorer:
             self.resize, self.short_side = resize, None
         self.predict = Predictor(model)
 
+    @staticmethod
+    def check_options(patches=25, crops="grid", batch_size=25):
+        if patches < 1 or batch_size < 1:
+            raise UserError("--patches and --batch-size must be at least 1")
+        if crops == "grid" and round(math.sqrt(patches)) ** 2 != patches:
+            raise UserError(f"--patches {patches} must be a square number for grid crops "
+                            "(a k x k grid: 1, 4, 9, 16, 25, ...), or use --crops random")
+
     @classmethod
     def from_file(cls, path, **kwargs):
         from keras_hyperiqa.experiment import load_model_file
 
+        # Before the model loads (seconds): a bad option is reported at once.
+        cls.check_options(**{k: kwargs[k] for k in ("patches", "crops", "batch_size") if k in kwargs})
         return cls(load_model_file(path), **kwargs)
 
     def dataset(self, items, workers=0):
@@ -108,8 +115,7 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
     from keras_hyperiqa.experiment import write_csv
     from keras_hyperiqa.training.metrics import iqa_metrics
 
-    scorer = Scorer.from_file(model_path, patches=patches, crops=crops, resize=resize, seed=seed,
-                              batch_size=max(patches, 25))
+    Scorer.check_options(patches, crops)
     info = read_dataset(dataset, root, label_column=label_column)
     report = Path(csv_path).with_name(Path(csv_path).stem + "_dropped.txt")
     info = validated(info, skip_invalid=skip_invalid, report_path=report)
@@ -119,6 +125,9 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
         if not 0 <= round_index < len(splits):
             raise UserError(f"{splits_path}: has {len(splits)} rounds, no round {round_index}")
         indices = list(splits[round_index].test)
+    # The dataset is checked before the model loads (seconds).
+    scorer = Scorer.from_file(model_path, patches=patches, crops=crops, resize=resize, seed=seed,
+                              batch_size=max(patches, 25))
     records = [info.records[i] for i in indices]
     data = scorer.dataset(records, workers=None)
     scores, index = [], []

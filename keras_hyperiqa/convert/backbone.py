@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from keras_hyperiqa.convert.state_dict import WeightTable, read_state_dict
-from keras_hyperiqa.errors import UserError
+from keras_hyperiqa.errors import UserError, first_line
 from keras_hyperiqa.model.backbones import is_swin
 
 # torchvision / timm ResNet keys that carry no backbone weights.
@@ -86,7 +86,7 @@ def _copy_from_preset(backbone, preset):
     try:
         loaded = keras_hub.models.Backbone.from_preset(preset)
     except (ValueError, FileNotFoundError, OSError) as err:
-        raise UserError(f"{preset}: cannot load backbone weights ({str(err).splitlines()[0][:200]})") from None
+        raise UserError(f"{preset}: cannot load backbone weights ({first_line(err)})") from None
     ours, theirs = backbone.weights, loaded.weights
     shapes_ours = [tuple(w.shape) for w in ours]
     shapes_theirs = [tuple(w.shape) for w in theirs]
