@@ -307,9 +307,11 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 @click.option("--skip-invalid", is_flag=True, help="Drop invalid dataset items instead of stopping.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default="predictions.csv",
               show_default=True, help="Per-image scores: image, label, prediction.")
+@click.option("--scatter", "scatter_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write this PNG: predictions against labels, SRCC/PLCC, fitted line.")
 @backend_option
 def evaluate(model, dataset, root, label_column, splits_path, round_index, patches, crops, resize,
-             seed, skip_invalid, csv_path, backend):
+             seed, skip_invalid, csv_path, scatter_path, backend):
     """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV."""
     _use_backend(backend)
     from keras_hyperiqa import inference
@@ -318,9 +320,10 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
     metrics = inference.evaluate_dataset(
         model, dataset, root, label_column=label_column, splits_path=splits_path,
         round_index=round_index, patches=patches, crops=crops, resize=resize_opt, seed=seed,
-        skip_invalid=skip_invalid, csv_path=csv_path)
+        skip_invalid=skip_invalid, csv_path=csv_path, scatter_path=scatter_path)
     click.echo(" ".join(f"{k.upper()} {v:.4f}" for k, v in metrics.items() if k != "images")
-               + f"  ({metrics['images']} images; per-image scores in {csv_path})")
+               + f"  ({metrics['images']} images; per-image scores in {csv_path}"
+               + (f", scatter plot in {scatter_path})" if scatter_path else ")"))
 
 
 @cli.command()

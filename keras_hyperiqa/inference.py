@@ -107,8 +107,12 @@ def format_scores(results, fmt):
 
 def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=None, round_index=0,
                      patches=25, crops="grid", resize="model", seed=0, skip_invalid=False,
-                     csv_path="predictions.csv"):
-    """Image-level SRCC/PLCC/KRCC/RMSE of a model on a dataset (or a run's test split)."""
+                     csv_path="predictions.csv", scatter_path=None):
+    """Image-level SRCC/PLCC/KRCC/RMSE of a model on a dataset (or a run's test split).
+
+    Writes ``csv_path`` (image, label, prediction) and, with ``scatter_path``,
+    a PNG of predictions against labels with SRCC/PLCC and a fitted line.
+    """
     from keras_hyperiqa.data.readers import read_dataset
     from keras_hyperiqa.data.splits import load_splits
     from keras_hyperiqa.data.validate import validated
@@ -140,6 +144,12 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
     rows = [{"image": info.relpath(r), "label": r.label, "prediction": float(p)}
             for r, p in zip(records, predictions)]
     write_csv(csv_path, rows, ["image", "label", "prediction"])
+    if scatter_path:
+        from keras_hyperiqa.experiment import plot_scatter
+
+        what = f"round {round_index} test split" if splits_path else "all images"
+        plot_scatter(labels, predictions, scatter_path,
+                     f"{os.path.basename(model_path)} on {info.name}, {what}")
     metrics = {k: float(v) for k, v in metrics.items()}
     metrics["images"] = len(records)
     return metrics
