@@ -70,7 +70,7 @@ def test_fit_writes_every_file_of_the_run_directory(run_dir):
     assert [(r["round"], r["epoch"]) for r in rows] == [("0", "0")]
     for key in ("loss", "backbone_lr", "hypernet_lr", "train_srcc", "val_srcc", "test_srcc", "test_plcc"):
         assert rows[0][key] != "", key
-    assert "epoch 1: loss" in output and "lr backbone 2e-05 hypernet 0.0002" in output
+    assert "epoch 0: loss" in output and "lr backbone 2e-05 hypernet 0.0002" in output
     assert "held-out test SRCC" in output
     splits = json.loads((out / "splits.json").read_text())["splits"]
     assert len(splits) == 1
