@@ -7,6 +7,7 @@ while leaving an explicit ``KERAS_BACKEND=jax`` untouched.
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -33,25 +34,54 @@ def ensure_default_backend():
     return os.environ["KERAS_BACKEND"]
 
 
-def block_imports(names):
-    """Make ``import NAME`` raise ImportError in this process (unless already imported).
+class _RefusingLoader(importlib.abc.Loader):
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {spec.name!r} (keras-hyperiqa's commands do not "
+                                  "use it)", name=spec.name)
 
-    Python's documented ``sys.modules[name] = None`` block. Our commands use
-    it for frameworks they never need; ``unblock_imports`` undoes it, so a
-    process that ran a command in-process (tests, notebooks) is left as it was.
+    def exec_module(self, module):  # never reached: create_module raises
+        raise ModuleNotFoundError(module.__name__)
+
+
+class _ImportBlocker(importlib.abc.MetaPathFinder):
+    """``import NAME`` (and its submodules) raises ModuleNotFoundError while installed.
+
+    Not ``sys.modules[NAME] = None``: scipy's array-API helpers read
+    ``sys.modules["jax"]`` and fail on None. Here the name stays absent from
+    ``sys.modules``; ``importlib.util.find_spec`` sees a spec without origin
+    (torch._dynamo asks for one and skips it), and the import itself fails
+    as for a module that is not installed.
     """
-    for name in names:
-        if name not in sys.modules:
-            sys.modules[name] = None
-            _blocked.append(name)
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in self.names:
+            return importlib.machinery.ModuleSpec(fullname, _RefusingLoader(), origin=None)
+        return None
+
+
+def block_imports(names):
+    """Make ``import NAME`` raise ImportError in this process, unless NAME is already imported.
+
+    Our commands use it for frameworks they never need; ``unblock_imports``
+    undoes it, so a process that ran a command in-process (tests, notebooks)
+    is left as it was.
+    """
+    names = [n for n in names if n not in sys.modules]
+    if names:
+        blocker = _ImportBlocker(names)
+        sys.meta_path.insert(0, blocker)
+        _blocked.append(blocker)
 
 
 def unblock_imports():
     """Undo every ``block_imports`` still in force."""
     while _blocked:
-        name = _blocked.pop()
-        if name in sys.modules and sys.modules[name] is None:
-            del sys.modules[name]
+        blocker = _blocked.pop()
+        if blocker in sys.meta_path:
+            sys.meta_path.remove(blocker)
 
 
 def block_unused_frameworks(backend=None):

@@ -63,6 +63,13 @@ RESIZE_METAVAR = "HxW|none|preset"
 _PRESET_SPELLINGS = ("preset", "model")
 
 
+def _require_file(path, what):
+    """One-line error for a missing input file, before anything slow is loaded."""
+    if path is not None and not os.path.isfile(path):
+        reason = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise UserError(f"{path}: no such {what} ({reason})")
+
+
 def _parse_hw(value, option):
     if value is None or value.strip().lower() in _PRESET_SPELLINGS:
         return "preset"
@@ -108,7 +115,7 @@ def _fit_options(f):
     options = [
         click.option("--dataset", type=click.Choice(DATASETS), default=None,
                      help="Dataset reader. Without it: the embedded demo set with the quick profile."),
-        click.option("--root", type=click.Path(file_okay=False, exists=True), default=None,
+        click.option("--root", type=click.Path(file_okay=False), default=None,
                      help="Dataset folder, as downloaded (csv: the folder of labels.csv)."),
         click.option("--label-column", default=None, help="Label column to read (KonIQ: MOS_zscore by default)."),
         click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default=None,
@@ -116,7 +123,7 @@ def _fit_options(f):
         click.option("--backbone-weights", default=None, metavar="PATH|PRESET|none",
                      help="ImageNet weights: a timm/torchvision state dict, a timm folder, a keras-hub "
                           "preset name (online), or none [none]."),
-        click.option("--init", "init", type=click.Path(dir_okay=False, exists=True), default=None,
+        click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
                      help="Start from this .keras model (fine-tune a converted or earlier model)."),
         click.option("--multiscale", is_flag=True, help="Swin: feed all four stages to the head."),
         click.option("--epochs", type=int, default=None, help="Epochs [16; demo 4]."),
@@ -159,6 +166,7 @@ def _fit_config(kw, out):
     demo = kw["dataset"] is None
     if demo and kw["root"]:
         raise UserError("--root needs --dataset NAME (the demo needs no root)")
+    _require_file(kw["init"], "--init model file")
     base = dict(QUICK_PROFILE) if demo else {}
     explicit = {k: kw[k] for k in ("backbone", "backbone_weights", "epochs", "batch_size", "lr",
                                    "lr_ratio", "decay_every", "weight_decay", "train_patches", "test_patches",
@@ -263,7 +271,7 @@ def ablate(**kw):
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False, exists=True))
+@click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--patches", type=int, default=25, show_default=True, help="Crops per image.")
 @click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
@@ -281,6 +289,7 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
     model's own resize). Unreadable inputs are reported on stderr while the
     rest are scored; the exit status is 2 when any input could not be scored.
     """
+    _require_file(model, "model file")
     _use_backend(backend)
     from keras_hyperiqa import inference
 
@@ -306,11 +315,11 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False, exists=True))
+@click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--dataset", type=click.Choice(DATASETS), required=True)
-@click.option("--root", type=click.Path(file_okay=False, exists=True), required=True)
+@click.option("--root", type=click.Path(file_okay=False), required=True)
 @click.option("--label-column", default=None)
-@click.option("--splits", "splits_path", type=click.Path(dir_okay=False, exists=True), default=None,
+@click.option("--splits", "splits_path", type=click.Path(dir_okay=False), default=None,
               help="A run's splits.json: score only its test images (round --round).")
 @click.option("--round", "round_index", type=int, default=0, show_default=True)
 @click.option("--patches", type=int, default=25, show_default=True)
@@ -327,6 +336,8 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 def evaluate(model, dataset, root, label_column, splits_path, round_index, patches, crops, resize,
              seed, skip_invalid, csv_path, scatter_path, backend):
     """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV."""
+    _require_file(model, "model file")
+    _require_file(splits_path, "splits file")
     _use_backend(backend)
     from keras_hyperiqa import inference
 
@@ -341,7 +352,7 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
 
 
 @cli.command()
-@click.argument("src", type=click.Path(dir_okay=False, exists=True))
+@click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False))
 @click.option("--resize", default="preset", metavar=RESIZE_METAVAR,
               help="Preprocessing stored in the model; preset: KonIQ's 512x384, on which the "
@@ -349,6 +360,7 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
 @backend_option
 def convert(src, dst, resize, backend):
     """Convert an original HyperIQA checkpoint (koniq_pretrained.pkl) to .keras."""
+    _require_file(src, "checkpoint file")
     _use_backend(backend)
     from keras_hyperiqa.convert.original import convert_original_checkpoint
 

@@ -556,7 +556,11 @@ def plot_run(out):
 
 
 def plot_scatter(labels, predictions, path, title):
-    """Predictions against labels, a least-squares line, SRCC and PLCC in the title."""
+    """Predictions against labels, a least-squares line, SRCC and PLCC in the title.
+
+    Returns ``{"title", "line"}``: the title drawn and the line's (slope,
+    intercept), None when the labels are constant.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -569,11 +573,13 @@ def plot_scatter(labels, predictions, path, title):
     y = np.asarray(predictions, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(x, y, s=10, alpha=0.7)
+    line = None
     if len(x) >= 2 and np.ptp(x) > 0:
         metrics = iqa_metrics(y, x)
         slope, intercept = np.polyfit(x, y, 1)
         xs = np.array([x.min(), x.max()])
         ax.plot(xs, slope * xs + intercept, color="C1", label="least-squares line")
+        line = (float(slope), float(intercept))
         ax.legend(fontsize=8, loc="upper left")
         title = (f"{title}\nSRCC {_fmt(metrics['srcc'])}  PLCC {_fmt(metrics['plcc'])}"
                  f"  ({len(x)} images)")
@@ -581,6 +587,7 @@ def plot_scatter(labels, predictions, path, title):
     fig.tight_layout()
     _save_fig(fig, Path(path))
     plt.close(fig)
+    return {"title": title, "line": line}
 
 
 def _float(v):
