@@ -273,7 +273,8 @@ def ablate(**kw):
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--patches", type=int, default=25, show_default=True, help="Crops per image.")
+@click.option("--patches", type=int, default=25, show_default=True,
+              help="Crops per image (grid: a square number, 1, 4, 9, 16, 25, ...).")
 @click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
 @click.option("--resize", default="preset", metavar=RESIZE_METAVAR,
               help="Resize before cropping; preset: the model's own preprocessing, stored "
@@ -321,7 +322,8 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 @click.option("--label-column", default=None)
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), default=None,
               help="A run's splits.json: score only its test images (round --round).")
-@click.option("--round", "round_index", type=int, default=0, show_default=True)
+@click.option("--round", "round_index", type=int, default=0, show_default=True,
+              help="Which round of --splits (rounds are counted from 0).")
 @click.option("--patches", type=int, default=25, show_default=True)
 @click.option("--crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True)
 @click.option("--resize", default="preset", metavar=RESIZE_METAVAR,
