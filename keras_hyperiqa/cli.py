@@ -329,7 +329,8 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, backend
 @click.option("--resize", default="preset", metavar=RESIZE_METAVAR,
               help="Resize before cropping; preset: the model's own preprocessing [preset].")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--skip-invalid", is_flag=True, help="Drop invalid dataset items instead of stopping.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Drop invalid dataset items instead of stopping (listed next to --csv, in NAME_dropped.txt).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default="predictions.csv",
               show_default=True, help="Per-image scores: image, label, prediction.")
 @click.option("--scatter", "scatter_path", type=click.Path(dir_okay=False), default=None,
