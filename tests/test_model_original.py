@@ -132,3 +132,34 @@ def test_destination_must_be_keras_file(original, tmp_path):
     with pytest.raises(UserError, match="must end in .keras"):
         convert_original_checkpoint(original["src"], tmp_path / "model.h5")
     assert not os.path.exists(tmp_path / "model.h5")
+
+
+class _Payload:
+    """A Python object in a torch file: weights_only loading refuses it."""
+
+
+def test_convert_says_what_a_non_checkpoint_file_is(tmp_path):
+    from keras_hyperiqa.convert.state_dict import read_state_dict
+    from PIL import Image
+
+    text, image, objects = tmp_path / "notes.txt", tmp_path / "photo.jpg", tmp_path / "objects.pt"
+    text.write_text("hello\n")
+    Image.new("RGB", (8, 8)).save(image)
+    torch.save({"a": _Payload()}, objects)
+    keras_file = tmp_path / "model.keras"
+    import zipfile
+
+    with zipfile.ZipFile(keras_file, "w") as zf:
+        zf.writestr("config.json", "{}")
+        zf.writestr("model.weights.h5", b"")
+    expected = {
+        text: "not a readable torch checkpoint (expected a state dict saved by torch.save, or a .safetensors file)",
+        image: "a JPEG image, not a checkpoint",
+        objects: "a torch file holding Python objects besides tensors, not a state dict",
+        keras_file: "a .keras model, not a checkpoint to convert",
+    }
+    for path, message in expected.items():
+        with pytest.raises(UserError) as info:
+            read_state_dict(path)
+        assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
+        assert "weights_only" not in str(info.value)

@@ -89,7 +89,10 @@ def _not_a_checkpoint(path, err):
     if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
         return ("a torch file holding Python objects besides tensors, not a state dict "
                 "(not loaded: loading it would run code from the file)")
-    return f"not a checkpoint (expected {expected})"
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            return "not a readable torch checkpoint (a truncated or damaged zip file)"
+    return f"not a readable torch checkpoint (expected {expected})"
 
 
 class WeightTable:
