@@ -237,8 +237,11 @@ def load_model_file(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such model file")
+    from keras_hyperiqa.model.initializers import zeros_instead_of_random_init
+
     try:
-        model = keras.saving.load_model(path, compile=False)
+        with zeros_instead_of_random_init():  # every variable is read from the file
+            model = keras.saving.load_model(path, compile=False)
     except (ValueError, OSError, zipfile.BadZipFile, KeyError, TypeError) as err:
         raise UserError(f"{path}: not a readable .keras model ({first_line(err)})") from None
     if not hasattr(model, "hypernet_variables"):
