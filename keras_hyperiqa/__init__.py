@@ -5,11 +5,17 @@ Importing the package sets ``KERAS_BACKEND=torch`` when it is unset, so import
 first use only, which keeps ``keras-hyperiqa --help`` fast; the model classes
 are registered with Keras as soon as keras is imported, so
 ``keras.saving.load_model("model.keras")`` works after ``import keras_hyperiqa``.
+Keras on TensorFlow (``import keras`` first without ``KERAS_BACKEND``) is
+refused with a ``BackendError`` saying how to choose torch or jax.
 """
 
-from keras_hyperiqa.backend import ensure_default_backend, register_when_keras_loads
+import sys as _sys
+
+from keras_hyperiqa.backend import check_backend, ensure_default_backend, register_when_keras_loads
 
 ensure_default_backend()
+if "keras" in _sys.modules:  # keras imported first: it may have chosen TensorFlow
+    check_backend()
 register_when_keras_loads()
 
 __version__ = "0.1.0"

@@ -80,8 +80,8 @@ def _plot(results, path):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, _, _, curve in results:
-        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=name)
-    ax.set(xlabel="epoch", ylabel="test SRCC", title="HyperIQA solver fixes: ablation")
+        ax.plot(range(len(curve)), curve, marker="o", label=name)
+    ax.set(xlabel="epoch (from 0)", ylabel="test SRCC", title="HyperIQA solver fixes: ablation")
     ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(".tmp-" + path.name)

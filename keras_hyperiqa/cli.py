@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from keras_hyperiqa.errors import UserError
+from keras_hyperiqa.errors import UserError, first_line
 
 BACKENDS = ("torch", "jax")
 DATASETS = ("live", "csiq", "tid2013", "livec", "koniq", "bid", "kadid", "spaq", "csv")
@@ -34,6 +34,11 @@ DEBUG_ENV = "KERAS_HYPERIQA_DEBUG"
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        from keras_hyperiqa import backend as hb
+
+        # Our commands never use TensorFlow; keras-hub would import it (seconds,
+        # and C++ log lines on stderr). Blocked only while a command runs.
+        hb.block_unused_frameworks()
         try:
             return super().invoke(ctx)
         except UserError as err:
@@ -43,27 +48,53 @@ class _Group(click.Group):
         except Exception as err:  # a bug: exit 1, the traceback on request
             if ctx.params.get("debug") or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise
-            line = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            line = first_line(err, limit=300) if str(err).strip() else ""
             click.echo(f"Internal error (a bug, please report it): {type(err).__name__}"
                        f"{': ' + line if line else ''}; rerun with --debug or {DEBUG_ENV}=1 "
                        f"for the traceback", err=True)
             ctx.exit(1)
+        finally:
+            hb.unblock_imports()
 
 
 def _use_backend(backend):
     """Select the Keras backend for this process (before keras is imported)."""
-    if backend is None:
-        return
-    current = os.environ.get("KERAS_BACKEND")
-    if "keras" in sys.modules and current != backend:
-        raise UserError(f"--backend {backend}: keras is already running on {current}")
-    os.environ["KERAS_BACKEND"] = backend
+    from keras_hyperiqa import backend as hb
+
+    if backend is not None:
+        current = os.environ.get("KERAS_BACKEND")
+        if "keras" in sys.modules and current != backend:
+            raise UserError(f"--backend {backend}: keras is already running on {current}")
+        os.environ["KERAS_BACKEND"] = backend
+    if hb.check_backend() == "torch":
+        hb.block_unused_frameworks("torch")  # Keras imports jax whenever it is installed
+
+
+# --resize everywhere: HxW, none, or preset (the dataset's for fit, the
+# model's own for predict/evaluate, which is its training set's); "model" is
+# accepted as another spelling of preset.
+RESIZE_METAVAR = "HxW|none|preset"
+_PRESET_SPELLINGS = ("preset", "model")
+
+
+def _require_file(path, what):
+    """One-line error for a missing input file, before anything slow is loaded."""
+    if path is not None and not os.path.isfile(path):
+        reason = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise UserError(f"{path}: no such {what} ({reason})")
+
+
+def _require_model(path):
+    """Like :func:`_require_file` for a model: a file, a keras-hub preset folder or a URI."""
+    if "://" in path or os.path.isdir(path):
+        return  # a preset; loading it says what is wrong with it
+    _require_file(path, "model file")
 
 
 def _parse_hw(value, option):
-    if value is None or value == "preset":
+    if value is None or value.strip().lower() in _PRESET_SPELLINGS:
         return "preset"
-    if value.lower() == "none":
+    if value.strip().lower() == "none":
         return None
     try:
         h, w = (int(v) for v in value.lower().split("x"))
@@ -72,6 +103,12 @@ def _parse_hw(value, option):
     except ValueError:
         raise UserError(f"{option} {value!r}: expected HxW (e.g. 512x384), 'none' or 'preset'") from None
     return (h, w)
+
+
+def _model_resize(value):
+    """predict/evaluate: ``"model"`` (the model's own preprocessing), None or (H, W)."""
+    size = _parse_hw(value, "--resize")
+    return "model" if size == "preset" else size
 
 
 backend_option = click.option(
@@ -108,7 +145,7 @@ def _fit_options(f):
         click.option("--dataset", type=click.Choice(DATASETS), default=None,
                      help="Dataset reader. Without it: the embedded demo set with the quick profile."),
         click.option("--root", type=click.Path(file_okay=False), default=None,
-                     help="Dataset folder, as downloaded."),
+                     help="Dataset folder, as downloaded (csv: the folder of labels.csv)."),
         click.option("--label-column", default=None, help="Label column to read (KonIQ: MOS_zscore by default)."),
         click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default=None,
                      help="Backbone [resnet50; demo: resnet_tiny]."),
@@ -136,8 +173,9 @@ def _fit_options(f):
         click.option("--test-patches", type=int, default=None, help="Test crops per image [25; demo 1]."),
         click.option("--test-crops", type=click.Choice(["grid", "random"]), default="grid", show_default=True,
                      help="Test crops: deterministic k x k grid, or random as in the original."),
-        click.option("--resize", default=None, metavar="HxW|none|preset",
-                     help="Resize before cropping [the dataset's preset: KonIQ 512x384, BID 512x512]."),
+        click.option("--resize", default=None, metavar=RESIZE_METAVAR,
+                     help="Resize before cropping; preset: the dataset's (KonIQ 512x384, BID 512x512, "
+                          "others none) [preset]."),
         click.option("--rounds", type=int, default=1, show_default=True,
                      help="Seeded train/test rounds; the median is reported (the paper used 10)."),
         click.option("--val-fraction", type=float, default=None,
@@ -165,6 +203,7 @@ def _fit_config(kw, out):
     demo = kw["dataset"] is None
     if demo and kw["root"]:
         raise UserError("--root needs --dataset NAME (the demo needs no root)")
+    _require_file(kw["init"], "--init model file")
     base = dict(QUICK_PROFILE) if demo else {}
     explicit = {k: kw[k] for k in ("backbone", "backbone_weights", "epochs", "batch_size", "lr",
                                    "lr_ratio", "decay_every", "weight_decay", "train_patches", "test_patches",
@@ -205,20 +244,33 @@ def _fit_config(kw, out):
 def fit(**kw):
     """Train HyperIQA and write a run directory.
 
-    Without --dataset it trains on the embedded demo set (generated on first
-    use) with the quick profile: resnet_tiny from scratch (no ImageNet
-    weights offline), 4 epochs, batch 32, lr 5e-4, ratio 4, lr / 10 for the
-    last epoch (--decay-every 2), 2 train patches and 1 test patch per image,
-    no validation split (last epoch selected): about 4.5 minutes on a 2-core
-    CPU, held-out test SRCC about 0.76. With --dataset NAME --root DIR the defaults are
-    the original's: resnet50 from torchvision's ImageNet weights (downloaded by
-    keras-hub; offline, pass --backbone-weights PATH, or none to train from
-    scratch), 16 epochs, batch 96, lr 2e-5, ratio 10, weight decay 5e-4, 25
-    train and 25 test patches of 224.
+    Without --dataset it trains on the embedded demo set (procedural scenes,
+    generated on first use) with the quick profile: resnet_tiny from scratch
+    (no ImageNet weights offline), 4 epochs, batch 32, lr 5e-4, ratio 4, lr /
+    10 for the last epoch (--decay-every 2), 2 train patches and 1 test patch
+    per image, no validation split (last epoch selected): held-out SRCC 0.747
+    in 153-181 s on a 2-core CPU (measured: README, "fit"). The demo model shows
+    that training works; its scores on real photos mean nothing. With
+    --dataset NAME --root DIR the defaults are the original's: resnet50 from
+    torchvision's ImageNet weights (downloaded by keras-hub; offline, pass
+    --backbone-weights PATH, or none to train from scratch), 16 epochs, batch 96, lr 2e-5, ratio 10, weight decay 5e-4, 25 train and 25
+    test patches of 224 (grid test crops: a square number, 1, 4, 9, 16, 25).
+
+    Your own images: --dataset csv --root DIR reads DIR/labels.csv, a header
+    and one row per image; image paths relative to DIR (or absolute), label
+    a number read as higher is better (--label-column NAME for another
+    column), optional ref: images with the same ref stay on one side of the
+    split. Bad rows stop the run, listed; --skip-invalid drops them instead.
+
+    \b
+        image,label,ref
+        photos/a_blur1.jpg,3.1,a
+        photos/b.png,4.6,b
 
     The run directory holds config.json, splits.json, metrics.csv,
     model.keras (selected epoch), summary.json (srcc, plcc), curves.png,
-    scatter.png and resumable checkpoints (rounds/rN/last.npz).
+    scatter.png and resumable checkpoints (rounds/rN/last.npz). Epochs and
+    rounds are counted from 0.
     """
     _use_backend(kw.pop("backend"))
     _setup_distribution(kw.pop("distribute"))
@@ -271,11 +323,13 @@ def ablate(**kw):
 @click.argument("model", type=click.Path())
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--patches", type=int, default=None,
-              help="Crops per image [the model's recommendation, else 25].")
+              help="Crops per image (grid: a square number, 1, 4, 9, 16, 25, ...) "
+                   "[the model's recommendation, else 25].")
 @click.option("--crops", type=click.Choice(["grid", "random"]), default=None,
               help="[the model's recommendation, else grid]")
-@click.option("--resize", default="model", metavar="HxW|none|model",
-              help="Resize before cropping [the model's own preprocessing].")
+@click.option("--resize", default="preset", metavar=RESIZE_METAVAR,
+              help="Resize before cropping; preset: the model's own preprocessing, stored "
+                   "with it (its training set's preset) [preset].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random crops.")
 @click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text", show_default=True)
 @click.option("--batch-size", type=int, default=25, show_default=True)
@@ -293,23 +347,28 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, precisi
     labels scores lower for better images): a "# scores:" header line (text),
     a higher_is_better column (csv) or field (json).
     """
+    _require_model(model)
     _use_backend(backend)
     from keras_hyperiqa import inference
 
-    resize_opt = "model" if resize == "model" else _parse_hw(resize, "--resize")
+    resize_opt = _model_resize(resize)
     files, problems = inference.expand_paths(paths)
+    for line in problems:  # at once, not after the model has loaded
+        click.echo(f"Error: {line}", err=True)
+    if not files:
+        sys.exit(2)
     scorer = inference.Scorer.from_file(model, patches=patches, crops=crops, resize=resize_opt,
                                         seed=seed, batch_size=batch_size, precision=precision)
     if scorer.describe():
         click.echo(f"# {scorer.describe()}", err=True)
-    results = []
+    results, n_path_problems = [], len(problems)
     for path in files:
         try:
             results.append((path, scorer.score(path)))
         except UserError as err:
             problems.append(str(err))
     click.echo(inference.format_scores(results, fmt, scorer.model.higher_is_better), nl=False)
-    for line in problems:
+    for line in problems[n_path_problems:]:
         click.echo(f"Error: {line}", err=True)
     if problems:
         sys.exit(2)
@@ -322,19 +381,25 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, precisi
 @click.option("--label-column", default=None)
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), default=None,
               help="A run's splits.json: score only its test images (round --round).")
-@click.option("--round", "round_index", type=int, default=0, show_default=True)
-@click.option("--patches", type=int, default=None, help="[the model's recommendation, else 25]")
+@click.option("--round", "round_index", type=int, default=0, show_default=True,
+              help="Which round of --splits (rounds are counted from 0).")
+@click.option("--patches", type=int, default=None,
+              help="Crops per image (grid: a square number) [the model's recommendation, else 25]")
 @click.option("--crops", type=click.Choice(["grid", "random"]), default=None,
               help="[the model's recommendation, else grid]")
-@click.option("--resize", default="model", metavar="HxW|none|model")
+@click.option("--resize", default="preset", metavar=RESIZE_METAVAR,
+              help="Resize before cropping; preset: the model's own preprocessing [preset].")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--skip-invalid", is_flag=True, help="Drop invalid dataset items instead of stopping.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Drop invalid dataset items instead of stopping (listed next to --csv, in NAME_dropped.txt).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default="predictions.csv",
               show_default=True, help="Per-image scores: image, label, prediction.")
+@click.option("--scatter", "scatter_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write this PNG: predictions against labels, SRCC/PLCC, fitted line.")
 @precision_option
 @backend_option
 def evaluate(model, dataset, root, label_column, splits_path, round_index, patches, crops, resize,
-             seed, skip_invalid, csv_path, precision, backend):
+             seed, skip_invalid, csv_path, scatter_path, precision, backend):
     """SRCC, PLCC, KRCC and RMSE of a model on a dataset, and a per-image CSV.
 
     MODEL: a .keras file, a keras-hub preset folder, or a checkpoint
@@ -343,16 +408,20 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
     scores point the other way from the dataset's labels (MOS-trained on LIVE
     or CSIQ DMOS) is compared with the negated labels, and a note says so.
     """
+    _require_model(model)
+    _require_file(splits_path, "splits file")
     _use_backend(backend)
     from keras_hyperiqa import inference
 
-    resize_opt = "model" if resize == "model" else _parse_hw(resize, "--resize")
+    resize_opt = _model_resize(resize)
     metrics = inference.evaluate_dataset(
         model, dataset, root, label_column=label_column, splits_path=splits_path,
         round_index=round_index, patches=patches, crops=crops, resize=resize_opt, seed=seed,
-        skip_invalid=skip_invalid, csv_path=csv_path, precision=precision)
+        skip_invalid=skip_invalid, csv_path=csv_path, scatter_path=scatter_path,
+        precision=precision)
     click.echo(" ".join(f"{k.upper()} {metrics[k]:.4f}" for k in ("srcc", "plcc", "krcc", "rmse") if k in metrics)
-               + f"  ({metrics['images']} images; per-image scores in {csv_path})")
+               + f"  ({metrics['images']} images; per-image scores in {csv_path}"
+               + (f", scatter plot in {scatter_path})" if scatter_path else ")"))
     if metrics["note"]:
         click.echo(metrics["note"])
 
@@ -362,9 +431,9 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
 @click.argument("dst", type=click.Path(dir_okay=False), required=False)
 @click.option("--preset", "preset_dir", type=click.Path(file_okay=False), default=None,
               help="Also (or instead) write a keras-hub preset folder.")
-@click.option("--resize", default=None, metavar="HxW|none",
-              help="Preprocessing stored in the model [original: 512x384, the KonIQ size it was "
-                   "trained at; pyiqa: none].")
+@click.option("--resize", default="preset", metavar=RESIZE_METAVAR,
+              help="Preprocessing stored in the model; preset: the format's own (original and "
+                   "SMART-IQA: KonIQ's 512x384, on which they were trained; pyiqa: none) [preset].")
 @click.option("--lower-is-better", is_flag=True,
               help="The checkpoint was trained on DMOS labels (LIVE, CSIQ): its scores are lower for better "
                    "images [the released KonIQ checkpoints: higher is better].")
@@ -379,15 +448,16 @@ def convert(src, dst, preset_dir, resize, lower_is_better, backend):
     0-100; pyiqa: MOS normalised to 0-1) and test crops (25), which predict
     and evaluate use. DST.keras, --preset DIR (a keras-hub preset folder), or both.
     """
+    _require_file(src, "checkpoint file")
     _use_backend(backend)
     from keras_hyperiqa.convert.original import convert_original_checkpoint, load_checkpoint
 
     if dst is None and preset_dir is None:
         raise UserError("convert needs DST.keras, --preset DIR, or both")
     kwargs = {"higher_is_better": not lower_is_better}
-    if resize is not None:
-        size = _parse_hw(resize, "--resize")
-        kwargs["resize"] = None if size == "preset" else size
+    size = _parse_hw(resize, "--resize")
+    if size != "preset":
+        kwargs["resize"] = size
     if dst is not None:
         model = convert_original_checkpoint(src, dst, **kwargs)
         click.echo(f"wrote {dst}")
@@ -413,6 +483,7 @@ def export(model, fmt, out):
     patch; the preprocessing is in the file's metadata (README: scoring with
     onnxruntime alone).
     """
+    _require_model(model)
     _use_backend("torch")
     from keras_hyperiqa.export import export_onnx
     from keras_hyperiqa.inference import load_model

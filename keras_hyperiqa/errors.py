@@ -7,3 +7,19 @@ class UserError(Exception):
     The CLI prints ``str(err)`` on one line and exits with status 2; no
     traceback is shown. Library callers can catch it like any exception.
     """
+
+
+class BackendError(UserError, ImportError):
+    """Keras runs on a backend keras-hyperiqa does not support (TensorFlow)."""
+
+
+def first_line(err, limit=200):
+    """The first line of an exception's text, shortened at a word boundary."""
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    text = lines[0].strip()
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return cut + " ..."

@@ -55,10 +55,7 @@ class Scorer:
             patches = getattr(model, "test_patches", None) or 25
         if crops is None:
             crops = getattr(model, "test_crops", None) or "grid"
-        if crops == "grid" and round(math.sqrt(patches)) ** 2 != patches:
-            raise UserError(f"--patches {patches} must be a square number for grid crops")
-        if patches < 1 or batch_size < 1:
-            raise UserError("--patches and --batch-size must be at least 1")
+        self.check_options(patches, crops, batch_size)
         self.model = model
         self.patches, self.crops, self.seed, self.batch_size = patches, crops, seed, batch_size
         if resize == "model":
@@ -66,6 +63,14 @@ class Scorer:
         else:
             self.resize, self.short_side = resize, None
         self.predict = Predictor(model)
+
+    @staticmethod
+    def check_options(patches=25, crops="grid", batch_size=25):
+        if patches < 1 or batch_size < 1:
+            raise UserError("--patches and --batch-size must be at least 1")
+        if crops == "grid" and round(math.sqrt(patches)) ** 2 != patches:
+            raise UserError(f"--patches {patches} must be a square number for grid crops "
+                            "(a k x k grid: 1, 4, 9, 16, 25, ...), or use --crops random")
 
     @classmethod
     def from_file(cls, path, precision="fp32", **kwargs):
@@ -164,7 +169,7 @@ def score_direction(higher_is_better):
 
 def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=None, round_index=0,
                      patches=None, crops=None, resize="model", seed=0, skip_invalid=False,
-                     csv_path="predictions.csv", precision="fp32"):
+                     csv_path="predictions.csv", scatter_path=None, precision="fp32"):
     """Image-level SRCC/PLCC/KRCC/RMSE of a model on a dataset (or a run's test split).
 
     Correlations are in the "higher score = better image" sense: when the
@@ -173,6 +178,8 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
     negated labels, RMSE (scores and labels on unrelated scales) is left out,
     and ``note`` says so. A model that records no direction is taken to point
     as the labels do. ``labels_flipped`` and ``note`` are in the result.
+    Writes ``csv_path`` (image, label, prediction) and, with ``scatter_path``,
+    a PNG of predictions against labels with SRCC/PLCC and a fitted line.
     """
     from keras_hyperiqa.data.readers import read_dataset
     from keras_hyperiqa.data.splits import load_splits
@@ -180,8 +187,7 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
     from keras_hyperiqa.experiment import write_csv
     from keras_hyperiqa.training.metrics import iqa_metrics
 
-    scorer = Scorer.from_file(model_path, patches=patches, crops=crops, resize=resize, seed=seed,
-                              batch_size=max(patches or 25, 25), precision=precision)
+    Scorer.check_options(patches or 25, crops or "grid")
     info = read_dataset(dataset, root, label_column=label_column)
     report = Path(csv_path).with_name(Path(csv_path).stem + "_dropped.txt")
     info = validated(info, skip_invalid=skip_invalid, report_path=report)
@@ -191,6 +197,9 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
         if not 0 <= round_index < len(splits):
             raise UserError(f"{splits_path}: has {len(splits)} rounds, no round {round_index}")
         indices = list(splits[round_index].test)
+    # The dataset is checked before the model loads (seconds).
+    scorer = Scorer.from_file(model_path, patches=patches, crops=crops, resize=resize, seed=seed,
+                              batch_size=max(patches or 25, 25), precision=precision)
     records = [info.records[i] for i in indices]
     data = scorer.dataset(records, workers=None)
     scores, index = [], []
@@ -205,6 +214,14 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
     rows = [{"image": info.relpath(r), "label": r.label, "prediction": float(p)}
             for r, p in zip(records, predictions)]
     write_csv(csv_path, rows, ["image", "label", "prediction"])
+    if scatter_path:
+        from keras_hyperiqa.experiment import plot_scatter
+
+        what = f"round {round_index} test split" if splits_path else "all images"
+        if flipped:
+            what += ", labels negated"
+        plot_scatter(-labels if flipped else labels, predictions, scatter_path,
+                     f"{os.path.basename(model_path)} on {info.name}, {what}")
     metrics = {k: float(v) for k, v in metrics.items()}
     note = None
     if flipped:

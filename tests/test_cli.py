@@ -70,7 +70,11 @@ def test_fit_writes_every_file_of_the_run_directory(run_dir):
     assert [(r["round"], r["epoch"]) for r in rows] == [("0", "0")]
     for key in ("loss", "backbone_lr", "hypernet_lr", "train_srcc", "val_srcc", "test_srcc", "test_plcc"):
         assert rows[0][key] != "", key
-    assert "epoch 1: loss" in output and "lr backbone 2e-05 hypernet 0.0002" in output
+    assert "epoch 0: loss" in output and "lr backbone 2e-05 hypernet 0.0002" in output
+    # Epochs and rounds from 0 everywhere: console, metrics.csv, summary.json.
+    assert "Epoch 0 (epochs 0-0)" in output and "Epoch 1" not in output
+    assert summary["rounds"][0]["round"] == 0 and summary["rounds"][0]["selected_epoch"] == 0
+    assert "(epoch 0, epoch with the best validation SRCC)" in output
     assert "held-out test SRCC" in output
     splits = json.loads((out / "splits.json").read_text())["splits"]
     assert len(splits) == 1
@@ -141,7 +145,10 @@ def test_evaluate_writes_metrics_and_per_image_csv(run_dir, dataset, tmp_path):
     (["fit", "--epochs", "0"], "--epochs must be at least 1"),
     (["fit", "--init", "/nonexistent/model.keras", "--out", "/nonexistent/run"], "no such model file (--init)"),
     (["fit", "--resume", "/nonexistent/run"], "not a run directory"),
-    (["convert", "/nonexistent/koniq_pretrained.pkl", "out.keras"], "no such file"),
+    (["convert", "/nonexistent/koniq_pretrained.pkl", "out.keras"], "no such checkpoint file"),
+    (["predict", "/nonexistent/model.keras", "x.jpg"], "no such model file"),
+    (["fit", "--init", "/nonexistent/model.keras"], "no such --init model file"),
+    (["predict", "--resize", "preset-ish", "/nonexistent/model.keras", "x.jpg"], "no such model file"),
     (["evaluate", "/nonexistent/model.keras", "--dataset", "csv", "--root", "/tmp"], "no such model file"),
 ])
 def test_input_errors_are_one_line_with_status_2(args, message):
@@ -221,6 +228,7 @@ def test_invalid_dataset_stops_before_training_unless_skipped(dataset, tmp_path)
     (broken / "labels.csv").write_text("\n".join(lines) + "\n")
     result = _run(["fit", "--dataset", "csv", "--root", str(broken), "--out", str(tmp_path / "r1"), *TINY])
     assert result.exit_code == 2
+    assert "drop them with --skip-invalid" in result.output and "skip_invalid" not in result.output
     assert "labels.csv row 4: label 'abc' is not a number" in result.output
     assert "missing.png" in result.output
     assert not (tmp_path / "r1" / "model.keras").exists()
@@ -229,6 +237,9 @@ def test_invalid_dataset_stops_before_training_unless_skipped(dataset, tmp_path)
     assert result.exit_code == 0, result.output
     dropped = (tmp_path / "r2" / "dropped.txt").read_text()
     assert "abc" in dropped and "missing.png" in dropped
+    assert "skip_invalid" not in result.output
+    assert (f"dataset 'csv': skipped 1 invalid record(s) of 20 and 1 unreadable row(s); "
+            f"the list is in {tmp_path / 'r2' / 'dropped.txt'}") in result.output
 
 
 def _files(out):
@@ -370,3 +381,68 @@ def test_fit_with_swin_backbone_and_predict(dataset, tmp_path):
     scored = _run(["predict", str(out / "model.keras"), str(dataset / "img" / "00.png"), "--patches", "1"])
     assert scored.exit_code == 0, scored.output
     assert np.isfinite(float(scored.output.split("\t")[1]))
+
+
+def test_resize_accepts_one_set_everywhere(run_dir, dataset):
+    out, _ = run_dir
+    image = str(dataset / "img" / "00.png")
+    base = ["predict", str(out / "model.keras"), image, "--patches", "1"]
+    results = [_run(base + extra) for extra in ([], ["--resize", "preset"], ["--resize", "model"])]
+    assert all(r.exit_code == 0 for r in results), [r.output for r in results]
+    assert len({r.output for r in results}) == 1
+    for command in (["predict", "--help"], ["evaluate", "--help"], ["fit", "--help"], ["convert", "--help"]):
+        assert "HxW|none|preset" in _run(command).output
+    bad = _run(base + ["--resize", "p"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert "--resize 'p': expected HxW (e.g. 512x384), 'none' or 'preset'" in bad.output
+
+
+def test_predict_checks_inputs_and_options_before_loading_the_model(dataset, tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"garbage")  # loading it would fail: these errors come first
+    result = _run(["predict", str(model), str(tmp_path / "missing.png")])
+    assert result.exit_code == 2
+    assert "missing.png: no such file or folder" in result.output
+    assert "not a readable .keras model" not in result.output
+    result = _run(["predict", str(model), str(dataset / "img" / "00.png"), "--patches", "10"])
+    assert result.exit_code == 2
+    assert "--patches 10 must be a square number for grid crops" in result.output
+    assert "not a readable .keras model" not in result.output
+
+
+def test_evaluate_scatter_shows_srcc_plcc_and_a_fitted_line(run_dir, dataset, tmp_path):
+    from keras_hyperiqa.experiment import plot_scatter
+    from keras_hyperiqa.training.metrics import iqa_metrics
+
+    out, _ = run_dir
+    scores, plot = tmp_path / "scores.csv", tmp_path / "scatter.png"
+    result = _run(["evaluate", str(out / "model.keras"), "--dataset", "csv", "--root", str(dataset),
+                   "--patches", "1", "--csv", str(scores), "--scatter", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"scatter plot in {plot}" in result.output
+    labels = np.array([1.0, 2.0, 3.0, 4.0])
+    preds = np.array([1.5, 1.9, 3.4, 3.9])
+    drawn = plot_scatter(labels, preds, tmp_path / "s.png", "t")
+    m = iqa_metrics(preds, labels)
+    assert drawn["title"] == f"t\nSRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  (4 images)"
+    np.testing.assert_allclose(drawn["line"], np.polyfit(labels, preds, 1))
+    assert (out / "scatter.png").is_file()
+
+
+def test_commands_never_import_tensorflow_nor_jax_under_torch(run_dir, dataset):
+    out, _ = run_dir
+    code = ("import sys\nfrom keras_hyperiqa.cli import main\n"
+            f"try:\n    main(['predict', {str(out / 'model.keras')!r}, {str(dataset / 'img' / '00.png')!r},"
+            " '--patches', '1'])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('loaded:', sorted(n for n in ('tensorflow', 'tensorflow_text', 'jax', 'keras_hub')"
+            " if n in sys.modules))\n"
+            "import importlib.util\nprint('importable after:', importlib.util.find_spec('jax') is not None)\n")
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    # keras-hub was used, TensorFlow and jax were not imported, and the block ended with the command.
+    assert "loaded: ['keras_hub']" in proc.stdout
+    assert "importable after: True" in proc.stdout
+    assert proc.stderr == "", proc.stderr  # no absl / oneDNN / CUDA-probe lines

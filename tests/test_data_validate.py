@@ -69,7 +69,7 @@ def test_training_refused_without_skip_invalid(tmp_path):
         validated(info, skip_invalid=False)
     lines = str(err.value).splitlines()
     assert lines[0].startswith("dataset 'koniq' at ")
-    assert lines[0].endswith("7 problems found; fix them or pass --skip-invalid (skip_invalid=True) to drop them")
+    assert lines[0].endswith("7 problems found; fix them, or drop them with --skip-invalid")
     assert [l.strip() for l in lines[1:]] == [e.format(d=tmp_path / "1024x768") for e in EXPECTED]
 
 

@@ -285,3 +285,34 @@ def test_convert_to_keras_hub_preset(original, pyiqa_file, tmp_path):
     model = keras_hyperiqa.HyperIQA.from_preset(str(folder))
     assert np.abs(_scores(model, original["x"]) - _scores(original["model"], original["x"])).max() <= 1e-5
     assert (model.score_range, model.test_patches, model.resize) == ((0.0, 1.0), 25, None)
+
+
+class _Payload:
+    """A Python object in a torch file: weights_only loading refuses it."""
+
+
+def test_convert_says_what_a_non_checkpoint_file_is(tmp_path):
+    from keras_hyperiqa.convert.state_dict import read_state_dict
+    from PIL import Image
+
+    text, image, objects = tmp_path / "notes.txt", tmp_path / "photo.jpg", tmp_path / "objects.pt"
+    text.write_text("hello\n")
+    Image.new("RGB", (8, 8)).save(image)
+    torch.save({"a": _Payload()}, objects)
+    keras_file = tmp_path / "model.keras"
+    import zipfile
+
+    with zipfile.ZipFile(keras_file, "w") as zf:
+        zf.writestr("config.json", "{}")
+        zf.writestr("model.weights.h5", b"")
+    expected = {
+        text: "not a readable torch checkpoint (expected a state dict saved by torch.save, or a .safetensors file)",
+        image: "a JPEG image, not a checkpoint",
+        objects: "a torch file holding Python objects besides tensors, not a state dict",
+        keras_file: "a .keras model, not a checkpoint to convert",
+    }
+    for path, message in expected.items():
+        with pytest.raises(UserError) as info:
+            read_state_dict(path)
+        assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
+        assert "weights_only" not in str(info.value)

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from keras_hyperiqa.convert.state_dict import WeightTable, read_state_dict
-from keras_hyperiqa.errors import UserError
+from keras_hyperiqa.errors import UserError, first_line
 from keras_hyperiqa.model.backbones import is_swin
 
 # torchvision / timm ResNet keys that carry no backbone weights.
@@ -136,8 +136,7 @@ def _preset_weights(preset):
     try:
         loaded = keras_hub.models.Backbone.from_preset(preset)
     except (ValueError, OSError, ImportError) as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f"{preset}: cannot load backbone weights ({reason}); offline? "
+        raise UserError(f"{preset}: cannot load backbone weights ({first_line(err)}); offline? "
                         f"{_OFFLINE_HINT}") from None
     arrays = tuple(np.asarray(w.numpy() if hasattr(w, "numpy") else w) for w in loaded.weights)
     return type(loaded).__name__, arrays

@@ -14,7 +14,7 @@ import zipfile
 
 import numpy as np
 
-from keras_hyperiqa.errors import UserError
+from keras_hyperiqa.errors import UserError, first_line
 
 # pyiqa stores its weights under ``params``.
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "params")
@@ -43,9 +43,8 @@ def read_state_dict(path):
 
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile,
-                ValueError, OSError) as err:
-            raise UserError(f"{path}: not a readable torch checkpoint ({_reason(err)})") from None
+        except Exception as err:  # torch.load raises many types for a file that is not its own
+            raise UserError(f"{path}: {_not_a_checkpoint(path, err)}") from None
         for key in _WRAPPER_KEYS:
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]
@@ -61,8 +60,40 @@ def read_state_dict(path):
 
 
 def _reason(err):
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
+    return first_line(err)
+
+
+def _not_a_checkpoint(path, err):
+    """What a file that ``torch.load(weights_only=True)`` refused is, in words.
+
+    Never torch's own advice to retry with ``weights_only=False``: that runs
+    code from the file, and a state dict never needs it.
+    """
+    expected = "a state dict saved by torch.save, or a .safetensors file"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (OSError, zipfile.BadZipFile):
+            names = []
+        if "config.json" in names and any(n.endswith(".h5") for n in names):
+            return "a .keras model, not a checkpoint to convert (use it as it is)"
+        if not any(n.endswith("data.pkl") for n in names):
+            return f"a zip archive, not a checkpoint (expected {expected})"
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return f"a {im.format} image, not a checkpoint (expected {expected})"
+    except Exception:
+        pass
+    if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+        return ("a torch file holding Python objects besides tensors, not a state dict "
+                "(not loaded: loading it would run code from the file)")
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            return "not a readable torch checkpoint (a truncated or damaged zip file)"
+    return f"not a readable torch checkpoint (expected {expected})"
 
 
 class WeightTable:

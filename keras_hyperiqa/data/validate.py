@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -106,7 +107,7 @@ def validated(
         raise UserError(
             "\n".join(
                 [f"dataset '{info.name}' at {info.root}: {n} problem{'s' if n != 1 else ''} found;"
-                 " fix them or pass --skip-invalid (skip_invalid=True) to drop them"]
+                 " fix them, or drop them with --skip-invalid"]
                 + [f"  {p}" for p in shown]
                 + more
             )
@@ -121,4 +122,7 @@ def validated(
             f" {len(drop)} record(s) dropped, {len(info.problems)} unreadable row(s) skipped\n"
         )
         write_atomic(report_path, header + "".join(f"{p}\n" for p in problems))
+    where = f"; the list is in {report_path}" if report_path is not None else ""
+    print(f"dataset '{info.name}': skipped {len(drop)} invalid record(s) of {len(info.records)} "
+          f"and {len(info.problems)} unreadable row(s){where}", file=sys.stderr, flush=True)
     return out

@@ -6,6 +6,7 @@ import random
 import keras
 from keras import ops
 
+from keras_hyperiqa.backend import check_backend
 from keras_hyperiqa.errors import UserError
 from keras_hyperiqa.model.backbones import (block_chain, build_backbone, check_backbone_name,
                                              is_swin)
@@ -122,6 +123,7 @@ class HyperIQA(keras.Model):
                  score_range=None, test_patches=None, test_crops=None,
                  attention=False, dropout=0.0, drop_path=0.0, seed=None,
                  higher_is_better=None, **kwargs):
+        check_backend()
         super().__init__(**kwargs)
         self.backbone_name = check_backbone_name(backbone)
         self.lda_out = int(lda_out)

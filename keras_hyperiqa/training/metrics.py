@@ -6,7 +6,6 @@ fit), KRCC (Kendall) and RMSE are computed on those means against the labels.
 """
 
 import numpy as np
-from scipy import stats
 
 
 def aggregate_by_image(patch_scores, image_index, num_images=None):
@@ -54,6 +53,8 @@ def iqa_metrics(predictions, labels):
     if pred.size < 2:
         raise ValueError("need at least two images to compute correlations")
     import warnings
+
+    from scipy import stats  # here: scipy.stats costs a second of start-up that predict does not need
 
     with warnings.catch_warnings():
         # Constant inputs: scipy warns and returns NaN; NaN is the answer.

@@ -10,7 +10,7 @@ train epoch ``e`` are::
     e 10-12 : backbone 2e-6, hypernet 2e-6
     e 13-15 : backbone 2e-7, hypernet 2e-7
 
-Each of the user's three fixes (see ``/work/shared/seed``) can be reverted
+Each of the three solver fixes (README, "The three solver fixes") can be reverted
 independently through :class:`Fixes`; reverting all three reproduces the
 original solver (new ``torch.optim.Adam`` every epoch, backbone lr constant,
 hypernet group empty from the second optimizer on).
