@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keras_hyperiqa.atomic import write_atomic
-from keras_hyperiqa.errors import UserError, first_line
+from keras_hyperiqa.errors import UserError
 
 
 def _dist():

@@ -7,7 +7,6 @@ image-level SRCC callback, against ``Trainer.fit`` on the same batches.
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -121,7 +120,6 @@ def test_hyperadam_is_serializable(tmp_path):
     import keras
 
     from keras_hyperiqa.training import HyperAdam
-    from keras_hyperiqa.training.testing import TinyIQA
 
     opt = HyperAdam(learning_rate=3e-4, weight_decay=1e-3, epsilon=1e-9)
     clone = keras.optimizers.deserialize(keras.optimizers.serialize(opt))

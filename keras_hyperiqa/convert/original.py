@@ -15,7 +15,6 @@ checkpoint, ``swin.backbone.*``, goes to :mod:`keras_hyperiqa.convert.smart_iqa`
 
 import os
 import re
-import tempfile
 
 import numpy as np
 
