@@ -74,6 +74,10 @@ class Scorer:
 
     @classmethod
     def from_file(cls, path, precision="fp32", **kwargs):
+        # Before the model loads (seconds): an option given explicitly is checked at once.
+        if kwargs.get("patches") is not None:
+            cls.check_options(kwargs["patches"], kwargs.get("crops") or "grid",
+                              kwargs.get("batch_size", 25))
         return cls(load_model(path, precision=precision), **kwargs)
 
     def describe(self):

@@ -143,7 +143,6 @@ def test_evaluate_writes_metrics_and_per_image_csv(run_dir, dataset, tmp_path):
     (["fit", "--resize", "12"], "--resize '12': expected HxW"),
     (["fit", "--test-patches", "5"], "must be a square number"),
     (["fit", "--epochs", "0"], "--epochs must be at least 1"),
-    (["fit", "--init", "/nonexistent/model.keras", "--out", "/nonexistent/run"], "no such model file (--init)"),
     (["fit", "--resume", "/nonexistent/run"], "not a run directory"),
     (["convert", "/nonexistent/koniq_pretrained.pkl", "out.keras"], "no such checkpoint file"),
     (["predict", "/nonexistent/model.keras", "x.jpg"], "no such model file"),
@@ -184,9 +183,12 @@ def test_model_file_user_errors_are_one_line(tmp_path):
     no_config = tmp_path / "no_config.keras"
     with zipfile.ZipFile(no_config, "w") as zf:
         zf.writestr("metadata.json", "{}")
+    image = tmp_path / "photos" / "a.png"
+    image.parent.mkdir()
+    Image.new("RGB", (240, 240)).save(image)
     for path, message in ((other, "not a HyperIQA model (Sequential)"),
                           (no_config, "not a readable .keras model (no config.json in the archive)")):
-        result = _run(["predict", str(path), str(tmp_path)])
+        result = _run(["predict", str(path), str(image)])
         assert result.exit_code == 2, result.output
         assert f"{path}: {message}" in result.output
         assert "Traceback" not in result.output

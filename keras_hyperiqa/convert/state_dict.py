@@ -87,12 +87,17 @@ def _not_a_checkpoint(path, err):
             return f"a {im.format} image, not a checkpoint (expected {expected})"
     except Exception:
         pass
-    if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # A torch file is a zip holding data.pkl, or (legacy) a pickle from its
+    # protocol byte on; other bytes that the unpickler refuses are no torch file.
+    torch_file = head[:1] == b"\x80" or zipfile.is_zipfile(path)
+    if (torch_file and isinstance(err, pickle.UnpicklingError)
+            and "weights only" in str(err).lower()):
         return ("a torch file holding Python objects besides tensors, not a state dict "
                 "(not loaded: loading it would run code from the file)")
-    with open(path, "rb") as f:
-        if f.read(4) == b"PK\x03\x04":
-            return "not a readable torch checkpoint (a truncated or damaged zip file)"
+    if head == b"PK\x03\x04":
+        return "not a readable torch checkpoint (a truncated or damaged zip file)"
     return f"not a readable torch checkpoint (expected {expected})"
 
 
