@@ -571,8 +571,8 @@ def _bench_md(r: dict) -> str:
     lines += ["", "Time ratio: the median over rounds of this implementation's time / plain PyTorch's "
               "time in the same round (1.10 = 10% slower). Memory: the figure, then its ratio to plain "
               "PyTorch's in parentheses; RSS after set-up is the process's resident memory once libraries, "
-              "model and optimizer are loaded, before any step (Keras-on-torch imports keras-hub, and with it "
-              "TensorFlow). "
+              "model and optimizer are loaded, before any step (the Keras workers block TensorFlow, which "
+              "keras-hub would import, as the command line does). "
               "Compile / first-step times: " + ", ".join(
                   f"{impl} {_fmt(res['train'].get('first_step_s'), '.2f')} s"
                   for impl, res in r["results"].items()) + ".",
@@ -731,6 +731,12 @@ def _serve_bench(kind, spec_path):
     spec = json.loads(Path(spec_path).read_text())
     import keras_hyperiqa  # noqa: F401  (backend default, class registration)
 
+    if kind != "bench-torch":
+        # As the command line runs: keras-hub would import TensorFlow, which
+        # HyperIQA never uses (hundreds of MiB resident).
+        from keras_hyperiqa.backend import block_unused_frameworks
+
+        block_unused_frameworks(os.environ.get("KERAS_BACKEND"))
     backend = "torch" if kind == "bench-torch" else None
     tasks = (_setup_bench_torch if kind == "bench-torch" else _setup_bench_keras)(spec)
     setup_rss = _current_rss_mib()  # libraries, model, optimizer: before any step
