@@ -17,7 +17,11 @@ PRIVATE_NAMES = (
     ("keras_hub.src.utils.preset_utils", "get_file"),
     ("keras_hub.src.utils.preset_utils", "MODEL_WEIGHTS_FILE"),
     ("keras_hub.src.utils.preset_utils", "METADATA_FILE"),
+    ("keras_hub.src.models.swin_transformer.swin_transformer_layers", "DropPath"),
 )
+
+# Private attributes of Keras objects used below (each has a test in tests/test_compat.py).
+OPTIMIZER_UPDATE_HOOK = "_backend_update_step"
 
 
 class CompatError(ImportError):
@@ -63,7 +67,71 @@ def restored_initial_epoch(model):
     return None if epoch is None else int(epoch)
 
 
+def optimizer_variable_index(optimizer, variable):
+    """Position of ``variable`` in the list ``optimizer`` was built with (its slot index)."""
+    return optimizer._get_variable_index(variable)
+
+
+def optimizer_built_variables(optimizer):
+    """The variables ``optimizer`` was built with, in slot order."""
+    return optimizer._trainable_variables
+
+
+def fused_update_step(cls):
+    """Class decorator: let ``cls.fused_update_step`` update all variables at once.
+
+    Keras's ``Optimizer.apply`` hands every (gradient, variable) pair to the
+    private ``_backend_update_step``, which calls ``update_step`` once per
+    variable. The hook installed here first calls
+    ``self.fused_update_step(grads, variables, learning_rate)``; when that
+    returns False, Keras's own per-variable path runs.
+    """
+    def hook(self, grads, trainable_variables, learning_rate):
+        if not self.fused_update_step(grads, trainable_variables, learning_rate):
+            getattr(super(cls, self), OPTIMIZER_UPDATE_HOOK)(
+                grads, trainable_variables, learning_rate)
+
+    setattr(cls, OPTIMIZER_UPDATE_HOOK, hook)
+    return cls
+
+
+def switch_layer_class(layer, cls):
+    """Make a built ``layer`` an instance of ``cls``, a subclass adding no state.
+
+    Variables, names and weight paths stay as they are, which rebuilding the
+    layer would not guarantee.
+    """
+    if not issubclass(cls, type(layer)):
+        raise TypeError(f"{cls.__name__} is not a subclass of {type(layer).__name__}")
+    layer.__class__ = cls
+
+
 # -------------------------------------------------------------- keras-hub
+def swin_drop_path_replaced(factory):
+    """Context manager: keras-hub Swin blocks built inside it get ``factory(rate, **kw)``.
+
+    keras-hub's Swin blocks look ``DropPath`` up in their module when they are
+    built, so it is replaced there for the construction only.
+    """
+    import contextlib
+
+    module = importlib.import_module(
+        "keras_hub.src.models.swin_transformer.swin_transformer_layers")
+    private(module.__name__, "DropPath")
+
+    @contextlib.contextmanager
+    def replaced():
+        original = module.DropPath
+        module.DropPath = factory
+        try:
+            yield
+        finally:
+            module.DropPath = original
+
+    return replaced()
+
+
+
 def timm_resnet_convert_weights(backbone, loader, config):
     """keras-hub's timm ResNet converter (torchvision names -> ``ResNetBackbone``)."""
     return private("keras_hub.src.utils.timm.convert_resnet", "convert_weights")(

@@ -39,3 +39,94 @@ def test_backup_and_restore_epoch_attribute(tmp_path):
     assert compat.restored_initial_epoch(model) == 3, (
         "keras.callbacks.BackupAndRestore no longer sets model._initial_epoch; "
         "update keras_hyperiqa.compat.restored_initial_epoch")
+
+
+def test_optimizer_private_names():
+    """Slot index and built-variable list still read as ``compat`` reads them."""
+    import keras
+
+    a, b = keras.Variable([1.0, 2.0]), keras.Variable(3.0)
+    opt = keras.optimizers.Adam()
+    opt.build([a, b])
+    msg = ("keras.optimizers.Optimizer no longer has _get_variable_index/_trainable_variables; "
+           "update keras_hyperiqa.compat.optimizer_variable_index/optimizer_built_variables")
+    assert compat.optimizer_variable_index(opt, b) == 1, msg
+    assert list(compat.optimizer_built_variables(opt)) == [a, b], msg
+
+
+def test_fused_update_hook_is_called_by_apply():
+    """``Optimizer.apply`` still routes updates through ``_backend_update_step``."""
+    import keras
+    import numpy as np
+
+    calls = []
+
+    @compat.fused_update_step
+    class Recording(keras.optimizers.SGD):
+        def fused_update_step(self, grads, variables, learning_rate):
+            calls.append(len(variables))
+            return len(calls) > 1  # the first step falls back to Keras's own update
+
+    v = keras.Variable([1.0, 2.0])
+    opt = Recording(learning_rate=0.5)
+    opt.apply([keras.ops.ones((2,))], [v])
+    opt.apply([keras.ops.ones((2,))], [v])
+    assert calls == [1, 1], (
+        f"keras.optimizers.Optimizer.apply no longer calls {compat.OPTIMIZER_UPDATE_HOOK}; "
+        "update keras_hyperiqa.compat.fused_update_step")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(v), [0.5, 1.5])
+
+
+def test_switch_layer_class_keeps_variables():
+    import keras
+
+    class Sub(keras.layers.BatchNormalization):
+        pass
+
+    layer = keras.layers.BatchNormalization(name="bn")
+    layer.build((None, 3))
+    paths = [w.path for w in layer.weights]
+    compat.switch_layer_class(layer, Sub)
+    assert type(layer) is Sub and [w.path for w in layer.weights] == paths
+    with pytest.raises(TypeError):
+        compat.switch_layer_class(layer, keras.layers.Dense)
+
+
+def test_swin_drop_path_replaced_during_construction_only():
+    """keras-hub Swin blocks still look ``DropPath`` up in their module when built."""
+    from keras_hub.src.models.swin_transformer import swin_transformer_layers as hub_layers
+
+    original = hub_layers.DropPath
+    built = []
+
+    def factory(rate, **kwargs):
+        built.append(rate)
+        return original(rate, **kwargs)
+
+    with compat.swin_drop_path_replaced(factory):
+        assert hub_layers.DropPath is factory
+        block = hub_layers.SwinTransformerBlock(
+            dim=8, input_resolution=(4, 4), num_heads=2, window_size=4, drop_path=0.1)
+    assert hub_layers.DropPath is original
+    assert built == [0.1], (
+        "keras-hub's SwinTransformerBlock no longer builds its DropPath from the module "
+        "attribute; update keras_hyperiqa.compat.swin_drop_path_replaced")
+    del block
+
+
+def test_hyperadam_takes_the_fused_path_on_torch(monkeypatch):
+    import keras
+
+    from keras_hyperiqa.training.optimizer import HyperAdam
+
+    if keras.backend.backend() != "torch":
+        pytest.skip("the fused update is torch's")
+    calls = []
+    original = HyperAdam._torch_update_step
+    monkeypatch.setattr(HyperAdam, "_torch_update_step",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    v = keras.Variable([1.0, 2.0])
+    opt = HyperAdam(learning_rate=0.1, weight_decay=0.0)
+    opt.apply([keras.ops.ones((2,))], [v])
+    assert calls == [1]
+    assert float(keras.ops.convert_to_numpy(v)[0]) < 1.0

@@ -130,13 +130,11 @@ def _seeded_drop_paths(seed):
 
     keras-hub's ``DropPath`` draws from the backend's generator (other masks on
     torch than on jax); the blocks look the class up in their module when they
-    are built, so it is swapped there for the construction only. Block ``k``
+    are built, so :func:`keras_hyperiqa.compat.swin_drop_path_replaced` swaps
+    it there for the construction only. Block ``k``
     (in build order) gets seed ``seed + k``.
     """
-    import contextlib
-
-    from keras_hub.src.models.swin_transformer import swin_transformer_layers as hub_layers
-
+    from keras_hyperiqa import compat
     from keras_hyperiqa.model.layers import SeededDropPath
 
     count = [0]
@@ -146,16 +144,7 @@ def _seeded_drop_paths(seed):
         # Named by build order: unique in the model, the same in every instance.
         return SeededDropPath(rate, seed=seed + count[0], name=f"drop_path_{count[0]}", **kwargs)
 
-    @contextlib.contextmanager
-    def swapped():
-        original = hub_layers.DropPath
-        hub_layers.DropPath = make
-        try:
-            yield
-        finally:
-            hub_layers.DropPath = original
-
-    return swapped()
+    return compat.swin_drop_path_replaced(make)
 
 
 def build_swin_backbone(name="swin_tiny", image_size=None, drop_path=0.0,

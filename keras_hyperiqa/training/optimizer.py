@@ -15,8 +15,11 @@ variable. The multipliers are optimizer variables: they live in
 import keras
 from keras import ops
 
+from keras_hyperiqa import compat
+
 
 @keras.saving.register_keras_serializable("keras_hyperiqa")
+@compat.fused_update_step
 class HyperAdam(keras.optimizers.Optimizer):
     r"""Adam with coupled L2 decay, torch's epsilon placement and lr multipliers.
 
@@ -109,7 +112,7 @@ class HyperAdam(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         """One torch-Adam step for ``variable`` (see the class docstring)."""
         dtype = variable.dtype
-        index = self._get_variable_index(variable)
+        index = compat.optimizer_variable_index(self, variable)
         m = self._momentums[index]
         v = self._velocities[index]
         multiplier = self._multipliers[index]
@@ -145,8 +148,12 @@ class HyperAdam(keras.optimizers.Optimizer):
             variable, ops.multiply(step_size, ops.divide(m, denom))
         )
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        """All variables at once: ``torch._foreach_*`` on torch, else per variable.
+    def fused_update_step(self, grads, trainable_variables, learning_rate):
+        """All variables at once with ``torch._foreach_*`` on torch; False elsewhere.
+
+        Keras's ``apply`` reaches this through the hook that
+        :func:`keras_hyperiqa.compat.fused_update_step` installs; when it
+        returns False, Keras runs :meth:`update_step` per variable.
 
         On torch, Keras would run :meth:`update_step` once per variable (about
         20 small ops each, every one through Keras's dispatch): for
@@ -160,14 +167,14 @@ class HyperAdam(keras.optimizers.Optimizer):
             grads, trainable_variables
         ):
             self._torch_update_step(grads, trainable_variables, learning_rate)
-            return
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return True
+        return False
 
     def _torch_update_step(self, grads, trainable_variables, learning_rate):
         import torch
 
         with torch.no_grad():
-            indices = [self._get_variable_index(v) for v in trainable_variables]
+            indices = [compat.optimizer_variable_index(self, v) for v in trainable_variables]
             params = [v.value for v in trainable_variables]
             dtype = params[0].dtype
             grads = [ops.convert_to_tensor(g) for g in grads]
@@ -214,11 +221,11 @@ class HyperAdam(keras.optimizers.Optimizer):
                 "model.trainable_variables) first."
             )
         if isinstance(variable, str):
-            for i, v in enumerate(self._trainable_variables):
+            for i, v in enumerate(compat.optimizer_built_variables(self)):
                 if v.path == variable:
                     return i
             raise KeyError(f"No optimized variable with path {variable!r}")
-        return self._get_variable_index(variable)
+        return compat.optimizer_variable_index(self, variable)
 
     def set_group_multiplier(self, variables, value):
         """Set the lr multiplier of every variable in ``variables`` to ``value``.
@@ -242,7 +249,7 @@ class HyperAdam(keras.optimizers.Optimizer):
 
     def effective_learning_rate(self, variable):
         """``learning_rate * multiplier`` for ``variable``, as a Python float."""
-        lr = float(ops.convert_to_numpy(self._learning_rate))
+        lr = float(ops.convert_to_numpy(self.learning_rate))
         return lr * self.get_multiplier(variable)
 
     @property
@@ -270,7 +277,7 @@ class HyperAdam(keras.optimizers.Optimizer):
         for slot in list(self._momentums) + list(self._velocities):
             if slot is not None:
                 slot.assign(ops.zeros(slot.shape, dtype=slot.dtype))
-        self._iterations.assign(0)
+        self.iterations.assign(0)
 
     def get_config(self):
         config = super().get_config()
