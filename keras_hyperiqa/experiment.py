@@ -579,7 +579,7 @@ def _train_round(config, info, split, n_rounds, resize, short_side, out):
     model = build_model(config, resize, short_side, higher_is_better=info.higher_is_better)
     optimizer = HyperAdam(learning_rate=config.lr, weight_decay=config.weight_decay)
     trainer = Trainer(model, optimizer)
-    fixes = Fixes.from_reverted([f.replace("-", "_") for f in config.revert_fix])
+    fixes = Fixes.from_reverted(config.revert_fix)
     schedule = HyperIQASchedule(optimizer, model.backbone_variables, model.hypernet_variables,
                                 lr=config.lr, lr_ratio=config.lr_ratio, fixes=fixes,
                                 decay_every=config.decay_every)

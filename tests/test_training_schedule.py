@@ -79,16 +79,16 @@ def test_epoch_rates_table_pure_function():
     np.testing.assert_allclose([epoch_rates(e) for e in range(16)],
                                FIXED_TABLE, rtol=1e-12)
     np.testing.assert_allclose(
-        [epoch_rates(e, fixes=Fixes(backbone_decay=False)) for e in range(16)],
+        [epoch_rates(e, fixes=Fixes(backbone_lr_decays=False)) for e in range(16)],
         NO_BACKBONE_DECAY_TABLE, rtol=1e-12)
-    frozen = [epoch_rates(e, fixes=Fixes(filter=False)) for e in range(16)]
+    frozen = [epoch_rates(e, fixes=Fixes(hypernet_trains=False)) for e in range(16)]
     assert frozen[0] == pytest.approx((2e-5, 2e-4))
     assert all(h == 0.0 for _, h in frozen[1:])
 
 
 @pytest.mark.parametrize("fixes,table", [
     (Fixes(), FIXED_TABLE),
-    (Fixes(backbone_decay=False), NO_BACKBONE_DECAY_TABLE),
+    (Fixes(backbone_lr_decays=False), NO_BACKBONE_DECAY_TABLE),
 ])
 def test_schedule_16_epochs_rates_read_from_optimizer(fixes, table):
     model, opt, trainer, probe, steps = _run(fixes, 16)
@@ -111,7 +111,7 @@ def test_schedule_16_epochs_rates_read_from_optimizer(fixes, table):
 
 
 def test_fix1_reverted_freezes_hypernet_from_epoch_1():
-    model, opt, _, probe, _ = _run(Fixes(filter=False), 4, lr=1e-2)
+    model, opt, _, probe, _ = _run(Fixes(hypernet_trains=False), 4, lr=1e-2)
     final = {"hypernet": [_numpy(v) for v in model.hypernet_variables],
              "backbone": [_numpy(v) for v in model.backbone_variables]}
     snapshots = probe.rows + [final]
@@ -128,7 +128,7 @@ def test_fix1_reverted_freezes_hypernet_from_epoch_1():
 
 
 def test_fix3_reverted_resets_moments_and_step_count_each_epoch():
-    model, opt, _, probe, steps = _run(Fixes(optimizer_reset=False), 3,
+    model, opt, _, probe, steps = _run(Fixes(optimizer_state_kept=False), 3,
                                        lr=1e-2)
     assert steps > 1
     ids = probe.rows[0]["slot_ids"]
@@ -199,9 +199,9 @@ def original_solver(net, train, epochs, lr, lrratio, weight_decay,
     (Fixes.original(), True),
     (Fixes(), False),
     # Each fix alone must make a difference, or the test proves nothing.
-    (Fixes(filter=True, backbone_decay=False, optimizer_reset=False), False),
-    (Fixes(filter=False, backbone_decay=True, optimizer_reset=False), False),
-    (Fixes(filter=False, backbone_decay=False, optimizer_reset=True), False),
+    (Fixes(hypernet_trains=True, backbone_lr_decays=False, optimizer_state_kept=False), False),
+    (Fixes(hypernet_trains=False, backbone_lr_decays=True, optimizer_state_kept=False), False),
+    (Fixes(hypernet_trains=False, backbone_lr_decays=False, optimizer_state_kept=True), False),
 ])
 def test_all_fixes_reverted_equals_original_solver(fixes, expect_equal):
     lr, ratio, wd = 1e-3, 10.0, 5e-4
@@ -236,5 +236,8 @@ def test_fixes_from_reverted_names():
     assert Fixes.from_reverted([]) == Fixes()
     assert Fixes.from_reverted(["filter", "backbone_decay",
                                 "optimizer_reset"]) == Fixes.original()
+    assert Fixes.from_reverted(["filter"]) == Fixes(hypernet_trains=False)
+    assert Fixes.from_reverted(["backbone-decay"]) == Fixes(backbone_lr_decays=False)
+    assert Fixes.from_reverted(["optimizer-reset"]) == Fixes(optimizer_state_kept=False)
     with pytest.raises(ValueError):
         Fixes.from_reverted(["nope"])

@@ -21,40 +21,56 @@ import dataclasses
 import keras
 
 
+# The words users give ``--revert-fix`` (named after each bug), and the field
+# of :class:`Fixes` (named after what the fix does) that each one turns off.
+REVERT_NAMES = {
+    "filter": "hypernet_trains",
+    "backbone-decay": "backbone_lr_decays",
+    "optimizer-reset": "optimizer_state_kept",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Fixes:
     """Which of the three training-bug fixes are applied (``True`` = fixed).
 
     Attributes:
-        filter: fix 1. When ``False`` the original one-shot ``filter`` bug is
-            reproduced: every optimizer after the first had an empty hypernet
-            group, so the hypernet (head + generators) is frozen from 0-based
-            epoch 1 on (multiplier 0: bit-identical weights).
-        backbone_decay: fix 2. When ``False`` the backbone lr stays at ``lr``
-            forever and only the hypernet lr follows the original formula
+        hypernet_trains: fix 1, the hypernet (head + generators) trains in
+            every epoch. When ``False`` the original one-shot ``filter`` bug
+            is reproduced: every optimizer after the first had an empty
+            hypernet group, so the hypernet is frozen from 0-based epoch 1 on
+            (multiplier 0: bit-identical weights).
+        backbone_lr_decays: fix 2, the backbone lr decays with the hypernet's.
+            When ``False`` the backbone lr stays at ``lr`` forever and only
+            the hypernet lr follows the original formula
             ``lr / 10 ** (t // 6) * ratio``.
-        optimizer_reset: fix 3. When ``False`` the moments and step count are
-            reset at the end of every epoch, as rebuilding ``torch.optim.Adam``
-            did (slots are zeroed in place; no new optimizer is built).
+        optimizer_state_kept: fix 3, Adam's moments and step count carry
+            over between epochs. When ``False`` they are reset at the end of
+            every epoch, as rebuilding ``torch.optim.Adam`` did (slots are
+            zeroed in place; no new optimizer is built).
     """
 
-    filter: bool = True
-    backbone_decay: bool = True
-    optimizer_reset: bool = True
+    hypernet_trains: bool = True
+    backbone_lr_decays: bool = True
+    optimizer_state_kept: bool = True
 
     @classmethod
     def original(cls):
         """All three fixes reverted: the original solver's behaviour."""
-        return cls(filter=False, backbone_decay=False, optimizer_reset=False)
+        return cls(hypernet_trains=False, backbone_lr_decays=False, optimizer_state_kept=False)
 
     @classmethod
     def from_reverted(cls, names):
-        """Build from an iterable of fix names to revert (e.g. CLI flags)."""
-        names = set(names)
-        unknown = names - {f.name for f in dataclasses.fields(cls)}
+        """Build from the fixes to revert, by their ``--revert-fix`` words.
+
+        ``filter``, ``backbone-decay``, ``optimizer-reset`` (or with ``_``
+        for ``-``); see :data:`REVERT_NAMES`.
+        """
+        names = {name.replace("_", "-") for name in names}
+        unknown = names - set(REVERT_NAMES)
         if unknown:
             raise ValueError(f"Unknown fix name(s): {sorted(unknown)}")
-        return cls(**{name: False for name in names})
+        return cls(**{REVERT_NAMES[name]: False for name in names})
 
 
 def epoch_rates(epoch, lr=2e-5, lr_ratio=10.0, fixes=Fixes(), decay_every=6,
@@ -74,12 +90,12 @@ def epoch_rates(epoch, lr=2e-5, lr_ratio=10.0, fixes=Fixes(), decay_every=6,
     t = epoch - 1
     decayed = float(lr) / 10 ** (t // decay_every)
     ratio = 1.0 if t > ratio_until else float(lr_ratio)
-    if fixes.backbone_decay:
+    if fixes.backbone_lr_decays:
         backbone_lr = decayed
     else:
         backbone_lr = float(lr)
     hypernet_lr = decayed * ratio
-    if not fixes.filter:
+    if not fixes.hypernet_trains:
         hypernet_lr = 0.0
     return backbone_lr, hypernet_lr
 
@@ -176,7 +192,7 @@ class HyperIQASchedule(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.apply_epoch(epoch)
-        if epoch > 0 and not self.fixes.optimizer_reset:
+        if epoch > 0 and not self.fixes.optimizer_state_kept:
             # The original built a new Adam at the end of every epoch; doing
             # it at the next epoch's start is the same for training, and a
             # resumed run resets whether or not its checkpoint was reset.
