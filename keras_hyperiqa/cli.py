@@ -248,8 +248,8 @@ def fit(**kw):
     generated on first use) with the quick profile: resnet_tiny from scratch
     (no ImageNet weights offline), 4 epochs, batch 32, lr 5e-4, ratio 4, lr /
     10 for the last epoch (--decay-every 2), 2 train patches and 1 test patch
-    per image, no validation split (last epoch selected): held-out SRCC 0.760
-    in about 2 minutes on a 2-core CPU (measured: README, "fit"). The demo model shows
+    per image, no validation split (last epoch selected); its held-out SRCC
+    and run time are in the README ("fit"). The demo model shows
     that training works; its scores on real photos mean nothing. With
     --dataset NAME --root DIR the defaults are the original's: resnet50 from
     torchvision's ImageNet weights (downloaded by keras-hub; offline, pass

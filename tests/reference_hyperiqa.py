@@ -1,7 +1,7 @@
 """An independent statement of the reference HyperIQA forward, in torch.nn.functional.
 
-Written from the reference description (section 1 of shared/reference/hyperiqa.md),
-straight on an original-format state dict: no Keras, no keras-hub, no timm. The
+Written from the original network (SSL92/hyperIQA ``models.py``: ResNet-50 with
+LDA taps, the hyper head and the target network), straight on an original-format state dict: no Keras, no keras-hub, no timm. The
 tests compare the Keras model against it.
 """
 

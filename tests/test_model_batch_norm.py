@@ -102,8 +102,8 @@ def test_fused_batch_norm_mixed_bfloat16_on_torch():
 
 
 def test_the_comparison_catches_detached_statistics(monkeypatch):
-    """A fused kernel fed precomputed, detached batch statistics (what Keras once
-    tried and reverted) has the right outputs but wrong input gradients."""
+    """A fused kernel fed precomputed, detached batch statistics (a tempting
+    shortcut) has the right outputs but wrong input gradients."""
     import torch
     import torch.nn.functional as F
 

@@ -96,7 +96,7 @@ _JAX_CODE = """
         cover=(ids_b | ids_h) == {{id(v) for v in m.trainable_variables}},
         frozen=list(m.frozen_backbone_layers),
     )
-    # jit: eager jax compiles op by op (~4x slower here).
+    # jit: eager jax compiles op by op, which is slow on CPU.
     fwd = jax.jit(lambda tv, ntv, x: m.stateless_call(tv, ntv, x, training=False)[0])
     out["scores"] = np.asarray(fwd([v.value for v in m.trainable_variables],
                                    [v.value for v in m.non_trainable_variables],

@@ -1,10 +1,13 @@
 """HyperIQA's own layers: LDA taps, the hyper head, and the target network.
 
 Names follow the reference network (``lda1``..``lda4``, ``conv1``, ``fc1w``..
-``fc5b``) so a reader can map every variable to the original checkpoint. All
-tensors are channels-last; where the original flattens or reshapes a
-channels-first tensor, we transpose to channels-first first, so the original's
-weights load without permutation.
+``fc5b``) so a reader can map every variable to the original checkpoint.
+Tensors are in each layer's ``data_format``: channels-first for a ResNet
+backbone on torch, channels-last otherwise
+(:func:`keras_hyperiqa.model.backbones.compute_data_format`). Where the
+original flattens or reshapes a channels-first tensor, a channels-last one is
+transposed to channels-first first, so the original's weights load without
+permutation.
 """
 
 import random
