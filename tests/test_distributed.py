@@ -60,7 +60,7 @@ def scenario(batchnorm, strategy=None):
     trainer = Trainer(model, opt, strategy=strategy)
     slot_ids = [id(v) for v in opt.variables]
     schedule = HyperIQASchedule(opt, model.backbone_variables, model.hypernet_variables,
-                                lr=1e-2, lr_ratio=10, fixes=Fixes(backbone_decay=False),
+                                lr=1e-2, lr_ratio=10, fixes=Fixes(backbone_lr_decays=False),
                                 decay_every=1)
     history = trainer.fit(train, EPOCHS, val=val, callbacks=[schedule], verbose=0)
     assert [id(v) for v in opt.variables] == slot_ids  # never rebuilt

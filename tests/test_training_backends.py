@@ -129,7 +129,7 @@ def training_scenario():
     trainer = Trainer(model, opt)
     schedule = HyperIQASchedule(
         opt, model.backbone_variables, model.hypernet_variables,
-        lr=1e-2, lr_ratio=10, fixes=Fixes(backbone_decay=False),
+        lr=1e-2, lr_ratio=10, fixes=Fixes(backbone_lr_decays=False),
         decay_every=1,
     )
     history = trainer.fit(train, 3, val=val, callbacks=[schedule], verbose=0)
