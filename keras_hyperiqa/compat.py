@@ -7,6 +7,7 @@ checks each one against the installed versions, so an upgrade that moves or
 renames one fails there with a message naming it, not deep inside a run.
 """
 
+import contextlib
 import importlib
 
 # (module, attribute) of every private name used below; the test walks this list.
@@ -104,6 +105,37 @@ def switch_layer_class(layer, cls):
     if not issubclass(cls, type(layer)):
         raise TypeError(f"{cls.__name__} is not a subclass of {type(layer).__name__}")
     layer.__class__ = cls
+
+
+# Keras's random initializers whose ``__call__`` the patch below replaces: the
+# public classes; their subclasses such as GlorotUniform and HeNormal inherit
+# ``__call__`` from VarianceScaling (tests/test_compat.py checks this).
+_RANDOM_INITIALIZERS = ("RandomNormal", "TruncatedNormal", "RandomUniform", "VarianceScaling", "Orthogonal")
+
+
+@contextlib.contextmanager
+def zeros_instead_of_random_init():
+    """Within: Keras's random initializers return zeros (restored on exit).
+
+    For loading a saved model only: building it draws random initial values
+    for every variable (27M numbers for a ResNet-50 HyperIQA, seconds on a
+    CPU) that the saved weights overwrite at once. Zeros cost an allocation.
+    Not thread-safe: nothing else should build variables meanwhile.
+    """
+    import keras
+
+    def zeros(self, shape, dtype=None):
+        return keras.ops.zeros(shape, dtype=dtype)
+
+    classes = [getattr(keras.initializers, name) for name in _RANDOM_INITIALIZERS]
+    saved = [(cls, cls.__dict__["__call__"]) for cls in classes if "__call__" in cls.__dict__]
+    for cls, _ in saved:
+        cls.__call__ = zeros
+    try:
+        yield
+    finally:
+        for cls, call in saved:
+            cls.__call__ = call
 
 
 # -------------------------------------------------------------- keras-hub

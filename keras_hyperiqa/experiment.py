@@ -270,7 +270,7 @@ def load_model_file(path, precision="fp32"):
     name = config.get("registered_name") or config.get("class_name") if isinstance(config, dict) else None
     if name not in ("keras_hyperiqa>HyperIQA", "HyperIQA"):
         raise UserError(f"{path}: not a HyperIQA model ({name or 'unknown class'})")
-    from keras_hyperiqa.model.initializers import zeros_instead_of_random_init
+    from keras_hyperiqa.compat import zeros_instead_of_random_init
 
     # every variable is read from the file: skip drawing random initial values
     with precision_scope(precision), zeros_instead_of_random_init():

@@ -130,3 +130,22 @@ def test_hyperadam_takes_the_fused_path_on_torch(monkeypatch):
     opt.apply([keras.ops.ones((2,))], [v])
     assert calls == [1]
     assert float(keras.ops.convert_to_numpy(v)[0]) < 1.0
+
+
+def test_zeros_instead_of_random_init_covers_keras_initializers():
+    """Every random initializer a model uses draws through a patched ``__call__``."""
+    import keras
+    import numpy as np
+
+    from keras_hyperiqa.model.initializers import kaiming_normal, torch_default_kernel
+
+    inits = [keras.initializers.GlorotUniform(), keras.initializers.HeNormal(),
+             keras.initializers.RandomUniform(-1, 1), keras.initializers.TruncatedNormal(),
+             keras.initializers.Orthogonal(), kaiming_normal(), torch_default_kernel()]
+    with compat.zeros_instead_of_random_init():
+        drawn = [keras.ops.convert_to_numpy(init((4, 4))) for init in inits]
+    for init, value in zip(inits, drawn):
+        assert not value.any(), (
+            f"{type(init).__name__} no longer draws through a __call__ that "
+            "keras_hyperiqa.compat.zeros_instead_of_random_init replaces")
+    assert np.abs(keras.ops.convert_to_numpy(inits[0]((4, 4)))).sum() > 0  # restored
