@@ -1,8 +1,10 @@
 """Every private Keras and keras-hub name this package uses, in one place.
 
-Public APIs do not cover a few things we need (the epoch that Keras's
-``BackupAndRestore`` restores, keras-hub's timm ResNet converter). Each such
-name is reached only through a function here, and ``tests/test_compat.py``
+Public APIs do not cover a few things we need: the epoch that Keras's
+``BackupAndRestore`` restores, an optimizer's slot index and its one-call
+update hook, switching a built layer's class, skipping random initial values
+when loading, keras-hub's timm ResNet converter, preset files and the Swin
+blocks' ``DropPath``. Each is reached only through a function here, and ``tests/test_compat.py``
 checks each one against the installed versions, so an upgrade that moves or
 renames one fails there with a message naming it, not deep inside a run.
 """
