@@ -355,7 +355,8 @@ def _worker_compare_run(spec):
     from keras_hyperiqa.model.hyperiqa import HyperIQA
     from keras_hyperiqa.training.optimizer import HyperAdam
     from keras_hyperiqa.training.schedule import Fixes, HyperIQASchedule
-    from keras_hyperiqa.training.trainer import Predictor, Trainer
+    from keras_hyperiqa.inference import Predictor
+    from keras_hyperiqa.training.trainer import Trainer
 
     backend = keras.backend.backend()
     if spec.get("init"):
@@ -630,7 +631,7 @@ def _setup_bench_keras(spec):
             run.input_stall = lambda trainer=trainer: _input_stall(trainer, spec)
             tasks[task] = (run, spec["batch_size"] * spec["steps_per_rep"])
         else:
-            from keras_hyperiqa.training.trainer import Predictor
+            from keras_hyperiqa.inference import Predictor
 
             predict = Predictor(model)
             x, _ = _inputs(spec, spec["infer_images"] * spec["patches_per_image"])
