@@ -289,7 +289,7 @@ def test_atomic_writers_give_the_umask_mode(tmp_path):
     from keras_hyperiqa.atomic import write_atomic
     from keras_hyperiqa.training import checkpoint as ckpt
     from keras_hyperiqa.training.optimizer import HyperAdam
-    from keras_hyperiqa.training.testing import TinyIQA
+    from doubles import TinyIQA
 
     model, opt = TinyIQA(), HyperAdam()
     opt.build(model.trainable_variables)
