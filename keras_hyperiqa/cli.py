@@ -525,7 +525,7 @@ def compare(out, **kw):
     """
     from pathlib import Path
 
-    from keras_hyperiqa.bench import compare_backends
+    from keras_hyperiqa.compare import compare_backends
 
     result = compare_backends(out, verbose=True, **kw)
     click.echo((Path(out) / "comparison.md").read_text(), nl=False)

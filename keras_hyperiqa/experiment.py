@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -35,6 +34,9 @@ from pathlib import Path
 
 from keras_hyperiqa.atomic import write_atomic
 from keras_hyperiqa.errors import UserError
+from keras_hyperiqa.inference import load_model_file
+from keras_hyperiqa.reports import fmt as _fmt
+from keras_hyperiqa.reports import plot_scatter, save_fig, write_csv
 
 
 def _dist():
@@ -125,18 +127,6 @@ def _json_default(o):
     if isinstance(o, (set, tuple)):
         return list(o)
     return str(o)
-
-
-def write_csv(path, rows, columns=None):
-    if columns is None:
-        columns = []
-        for row in rows:
-            columns.extend(k for k in row if k not in columns)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buf.getvalue())
 
 
 def versions():
@@ -237,49 +227,6 @@ def build_model(config, resize, short_side, higher_is_better=None):
     return model
 
 
-def load_model_file(path, precision="fp32"):
-    """Load a ``.keras`` HyperIQA file.
-
-    What is the user's to fix is a one-line ``UserError``: a missing file, a
-    file that is not a ``.keras`` archive (not a zip, a damaged zip, no
-    ``config.json``) and the file of another model. Anything raised while
-    Keras rebuilds a HyperIQA file is a bug and propagates unchanged.
-    ``precision``: ``fp32`` (default, whatever precision the model was trained
-    in) or ``bf16`` (backbone in bfloat16, scores still float32).
-    """
-    import zipfile
-
-    import keras
-
-    from keras_hyperiqa.model.hyperiqa import precision_scope
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such model file")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: not a readable .keras model (not a zip archive)")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            config = json.loads(zf.read("config.json"))
-            if zf.testzip() is not None:
-                raise zipfile.BadZipFile("a member fails its CRC check")
-    except KeyError:
-        raise UserError(f"{path}: not a readable .keras model (no config.json in the archive)") from None
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable .keras model (damaged archive: {err})") from None
-    name = config.get("registered_name") or config.get("class_name") if isinstance(config, dict) else None
-    if name not in ("keras_hyperiqa>HyperIQA", "HyperIQA"):
-        raise UserError(f"{path}: not a HyperIQA model ({name or 'unknown class'})")
-    from keras_hyperiqa.compat import zeros_instead_of_random_init
-
-    # every variable is read from the file: skip drawing random initial values
-    with precision_scope(precision), zeros_instead_of_random_init():
-        model = keras.saving.load_model(path, compile=False)
-    if not hasattr(model, "hypernet_variables"):
-        raise UserError(f"{path}: not a HyperIQA model ({type(model).__name__})")
-    return model
-
-
 # ---------------------------------------------------------------- callbacks
 def _callbacks_module():
     import keras
@@ -341,10 +288,6 @@ def _callbacks_module():
                 print(epoch_summary(epoch, logs), flush=True)
 
     return SelectEpoch, EpochProgress
-
-
-def _fmt(v, spec=".4f"):
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
 def epoch_summary(epoch, logs):
@@ -711,7 +654,7 @@ def plot_run(out):
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    _save_fig(fig, out / "curves.png")
+    save_fig(fig, out / "curves.png")
     plt.close(fig)
 
     pred = out / "rounds" / "r0" / "test_predictions.csv"
@@ -722,49 +665,8 @@ def plot_run(out):
                      out / "scatter.png", "test split, selected epoch, round 0")
 
 
-def plot_scatter(labels, predictions, path, title):
-    """Predictions against labels, a least-squares line, SRCC and PLCC in the title.
-
-    Returns ``{"title", "line"}``: the title drawn and the line's (slope,
-    intercept), None when the labels are constant.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from keras_hyperiqa.training.metrics import iqa_metrics
-
-    x = np.asarray(labels, dtype=np.float64)
-    y = np.asarray(predictions, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(x, y, s=10, alpha=0.7)
-    line = None
-    if len(x) >= 2 and np.ptp(x) > 0:
-        metrics = iqa_metrics(y, x)
-        slope, intercept = np.polyfit(x, y, 1)
-        xs = np.array([x.min(), x.max()])
-        ax.plot(xs, slope * xs + intercept, color="C1", label="least-squares line")
-        line = (float(slope), float(intercept))
-        ax.legend(fontsize=8, loc="upper left")
-        title = (f"{title}\nSRCC {_fmt(metrics['srcc'])}  PLCC {_fmt(metrics['plcc'])}"
-                 f"  ({len(x)} images)")
-    ax.set(xlabel="label", ylabel="predicted score", title=title)
-    fig.tight_layout()
-    _save_fig(fig, Path(path))
-    plt.close(fig)
-    return {"title": title, "line": line}
-
-
 def _float(v):
     try:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _save_fig(fig, path):
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)

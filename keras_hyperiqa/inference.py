@@ -37,6 +37,71 @@ def expand_paths(paths):
     return files, problems
 
 
+class Predictor:
+    """Inference-mode scores for batches of patches, on torch or jax.
+
+    torch: forwards under ``torch.no_grad`` of at most ``max_batch`` patches
+    at a time (default 32 on the CPU, 64 on a GPU): Keras's functional graph
+    keeps the intermediate tensors of a forward until it ends, so a large
+    evaluation batch in one forward would hold them all at once; one
+    25-patch image stays one forward, since every forward also costs Keras's
+    per-layer Python overhead. jax: a jit-compiled ``stateless_call`` (compiled once per
+    input shape; XLA frees intermediates itself), reading the model's
+    current variable values at every call.
+    """
+
+    def __init__(self, model, strategy=None, max_batch=None):
+        import keras
+
+        from keras_hyperiqa.model.layout import use_torch_kernel_layout
+
+        self.model = model
+        self.backend = keras.backend.backend()
+        self._jax_fn = None
+        self.strategy = strategy
+        if max_batch is not None and int(max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = None if max_batch is None else int(max_batch)
+        if self.backend == "torch":
+            use_torch_kernel_layout(model.variables)
+
+    def __call__(self, x):
+        from keras import ops
+
+        model = self.model
+        if self.backend == "torch":
+            import torch
+
+            x = ops.convert_to_tensor(x, dtype="float32")
+            step = self.max_batch or (32 if x.device.type == "cpu" else 64)
+            parts = []
+            with torch.no_grad():
+                for start in range(0, max(1, x.shape[0]), step):
+                    out = model(x[start:start + step], training=False)
+                    parts.append(ops.convert_to_numpy(ops.cast(out, "float32")).reshape(-1))
+            out = np.concatenate(parts)
+        else:
+            if self._jax_fn is None:
+                import jax
+
+                def forward(trainable, non_trainable, x):
+                    out, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+                    return ops.cast(out, "float32")
+
+                self._jax_fn = jax.jit(forward)
+            x = np.asarray(x, dtype=np.float32)
+            if self.strategy is not None:  # data parallel: shard the batch
+                (x,) = self.strategy.place(x)
+            out = self._jax_fn(
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+                x,
+            )
+            out = (self.strategy.to_numpy(out) if self.strategy is not None
+                   else np.asarray(out))
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
 class Scorer:
     """Scores images the way the model was trained: its resize, then crops averaged.
 
@@ -48,8 +113,6 @@ class Scorer:
     """
 
     def __init__(self, model, patches=None, crops=None, resize="model", seed=0, batch_size=25):
-        from keras_hyperiqa.training.trainer import Predictor
-
         # Unless told otherwise: the crops the model's weights are tested with.
         if patches is None:
             patches = getattr(model, "test_patches", None) or 25
@@ -133,9 +196,50 @@ def load_model(path, precision="fp32"):
 
         with precision_scope(precision):
             return load_checkpoint(path)
-    from keras_hyperiqa.experiment import load_model_file
-
     return load_model_file(path, precision=precision)
+
+
+def load_model_file(path, precision="fp32"):
+    """Load a ``.keras`` HyperIQA file.
+
+    What is the user's to fix is a one-line ``UserError``: a missing file, a
+    file that is not a ``.keras`` archive (not a zip, a damaged zip, no
+    ``config.json``) and the file of another model. Anything raised while
+    Keras rebuilds a HyperIQA file is a bug and propagates unchanged.
+    ``precision``: ``fp32`` (default, whatever precision the model was trained
+    in) or ``bf16`` (backbone in bfloat16, scores still float32).
+    """
+    import zipfile
+
+    import keras
+
+    from keras_hyperiqa.model.hyperiqa import precision_scope
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a readable .keras model (not a zip archive)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            config = json.loads(zf.read("config.json"))
+            if zf.testzip() is not None:
+                raise zipfile.BadZipFile("a member fails its CRC check")
+    except KeyError:
+        raise UserError(f"{path}: not a readable .keras model (no config.json in the archive)") from None
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable .keras model (damaged archive: {err})") from None
+    name = config.get("registered_name") or config.get("class_name") if isinstance(config, dict) else None
+    if name not in ("keras_hyperiqa>HyperIQA", "HyperIQA"):
+        raise UserError(f"{path}: not a HyperIQA model ({name or 'unknown class'})")
+    from keras_hyperiqa.compat import zeros_instead_of_random_init
+
+    # every variable is read from the file: skip drawing random initial values
+    with precision_scope(precision), zeros_instead_of_random_init():
+        model = keras.saving.load_model(path, compile=False)
+    if not hasattr(model, "hypernet_variables"):
+        raise UserError(f"{path}: not a HyperIQA model ({type(model).__name__})")
+    return model
 
 
 def format_scores(results, fmt, higher_is_better=None):
@@ -188,7 +292,7 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
     from keras_hyperiqa.data.readers import read_dataset
     from keras_hyperiqa.data.splits import load_splits
     from keras_hyperiqa.data.validate import validated
-    from keras_hyperiqa.experiment import write_csv
+    from keras_hyperiqa.reports import write_csv
     from keras_hyperiqa.training.metrics import iqa_metrics
 
     Scorer.check_options(patches or 25, crops or "grid")
@@ -219,7 +323,7 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
             for r, p in zip(records, predictions)]
     write_csv(csv_path, rows, ["image", "label", "prediction"])
     if scatter_path:
-        from keras_hyperiqa.experiment import plot_scatter
+        from keras_hyperiqa.reports import plot_scatter
 
         what = f"round {round_index} test split" if splits_path else "all images"
         if flipped:

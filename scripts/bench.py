@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from keras_hyperiqa.bench import IMPLEMENTATIONS, run_bench  # noqa: E402
+from benchmarks.bench import IMPLEMENTATIONS, run_bench  # noqa: E402
 
 
 def main(argv=None) -> int:

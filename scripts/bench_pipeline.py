@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from keras_hyperiqa.bench import decode_per_patch_epoch, make_jpegs  # noqa: E402
+from benchmarks.bench import decode_per_patch_epoch, make_jpegs  # noqa: E402
 from keras_hyperiqa.data.pipeline import PatchDataset  # noqa: E402
 
 PATCH = 224

@@ -21,12 +21,19 @@ def pytest_configure(config):
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+
+
+# the test doubles (tests/doubles.py) and the benchmarks package beside scripts/
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_backend(backend, code, timeout=600):
     """Run ``code`` in a fresh Python with ``KERAS_BACKEND=backend``; return stdout."""
     env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
+    # the test doubles (``doubles``) are importable there as here
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (os.path.dirname(__file__), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
         text=True, timeout=timeout,

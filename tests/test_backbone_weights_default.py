@@ -63,7 +63,7 @@ def test_dataset_default_loads_the_backbones_imagenet_weights(tiny_csv, tmp_path
     import keras
     import torch
 
-    from keras_hyperiqa.experiment import load_model_file
+    from keras_hyperiqa.inference import load_model_file
 
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file

@@ -58,7 +58,7 @@ def test_compare_backends_script_tiny(tmp_path):
 
 
 def test_compare_backends_reports_broken_parity(tmp_path):
-    from keras_hyperiqa.bench import _compare_results
+    from keras_hyperiqa.compare import _compare_results
 
     runs = {"torch": {"scores": [1.0, 2.0], "history": [{"loss": 1.0}]},
             "jax": {"scores": [1.0, 2.1], "history": [{"loss": 1.1}]}}
@@ -69,7 +69,7 @@ def test_compare_backends_reports_broken_parity(tmp_path):
 
 
 def test_bench_script_tiny(tmp_path):
-    from keras_hyperiqa.bench import run_bench
+    from benchmarks.bench import run_bench
 
     out = tmp_path / "bench"
     # One subprocess per implementation (isolate=False) keeps the smoke test short;
@@ -110,7 +110,7 @@ def test_bench_script_tiny(tmp_path):
 def test_bench_ratios_pair_rounds():
     """Interleaved rounds: the ratio is the median of per-round ratios, so a
     round where the whole machine was slow does not count against one side."""
-    from keras_hyperiqa.bench import _bench_ratios
+    from benchmarks.bench import _bench_ratios
 
     def res(times, n=4):
         t = sorted(times)[len(times) // 2]
@@ -136,7 +136,7 @@ def test_bench_script_help():
 
 
 def test_bench_table_shows_memory_ratios_to_plain_pytorch():
-    from keras_hyperiqa.bench import _bench_md, _bench_ratios
+    from benchmarks.bench import _bench_md, _bench_ratios
 
     def res(peak, setup, times=(1.0,)):
         return {"train": {"times_s": list(times), "patches_per_s": 4.0, "step_time_s": 1.0, "peak_rss_mib": peak,

@@ -289,7 +289,7 @@ def test_atomic_writers_give_the_umask_mode(tmp_path):
     from keras_hyperiqa.atomic import write_atomic
     from keras_hyperiqa.training import checkpoint as ckpt
     from keras_hyperiqa.training.optimizer import HyperAdam
-    from keras_hyperiqa.training.testing import TinyIQA
+    from doubles import TinyIQA
 
     model, opt = TinyIQA(), HyperAdam()
     opt.build(model.trainable_variables)
@@ -413,7 +413,7 @@ def test_predict_checks_inputs_and_options_before_loading_the_model(dataset, tmp
 
 
 def test_evaluate_scatter_shows_srcc_plcc_and_a_fitted_line(run_dir, dataset, tmp_path):
-    from keras_hyperiqa.experiment import plot_scatter
+    from keras_hyperiqa.reports import plot_scatter
     from keras_hyperiqa.training.metrics import iqa_metrics
 
     out, _ = run_dir

@@ -23,7 +23,7 @@ def test_backup_and_restore_epoch_attribute(tmp_path):
     """``BackupAndRestore`` still hands the restored epoch over as ``model._initial_epoch``."""
     import keras
 
-    from keras_hyperiqa.training.testing import TinyIQA
+    from doubles import TinyIQA
 
     model = TinyIQA()
     model.compile(optimizer="sgd", loss="mae")

@@ -44,7 +44,7 @@ def scenario(batchnorm, strategy=None):
 
     from keras_hyperiqa.training.optimizer import HyperAdam
     from keras_hyperiqa.training.schedule import Fixes, HyperIQASchedule
-    from keras_hyperiqa.training.testing import (
+    from doubles import (
         ArrayEvalSource, ArrayTrainSource, TinyIQA, toy_dataset)
     from keras_hyperiqa.training.trainer import Trainer
 

@@ -20,7 +20,7 @@ import keras_hyperiqa
 import keras
 import numpy as np
 from keras_hyperiqa.training import HyperAdam, HyperIQASchedule, Trainer
-from keras_hyperiqa.training.testing import ArrayEvalSource, ArrayTrainSource, TinyIQA, toy_dataset
+from doubles import ArrayEvalSource, ArrayTrainSource, TinyIQA, toy_dataset
 
 work = {work!r}
 LR = 1e-2

@@ -21,7 +21,7 @@ import numpy as np
 from keras_hyperiqa.training import (HyperAdam, HyperIQASchedule, ImageCorrelation,
                                      PatchPyDataset, Trainer)
 from keras_hyperiqa.training.schedule import Fixes
-from keras_hyperiqa.training.testing import ArrayEvalSource, ArrayTrainSource, TinyIQA, toy_dataset
+from doubles import ArrayEvalSource, ArrayTrainSource, TinyIQA, toy_dataset
 
 LR, EPOCHS = 1e-2, 2
 x, y = toy_dataset(n_images=14, seed=5)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from keras_hyperiqa.cli import cli
 from keras_hyperiqa.data.demo import distort, make_scene
-from keras_hyperiqa.experiment import load_model_file
+from keras_hyperiqa.inference import load_model_file
 
 TINY = ["--backbone", "resnet_tiny", "--backbone-weights", "none", "--epochs", "1", "--batch-size", "8",
         "--train-patches", "1", "--test-patches", "1", "--val-fraction", "0", "--workers", "1"]

@@ -189,7 +189,7 @@ def test_torch_kernel_layout_changes_memory_order_only():
 
 def test_torch_predictor_splits_large_batches_without_changing_scores():
     from keras_hyperiqa.model.hyperiqa import HyperIQA
-    from keras_hyperiqa.training.trainer import Predictor
+    from keras_hyperiqa.inference import Predictor
 
     keras.utils.set_random_seed(0)
     model = HyperIQA(backbone="resnet_tiny", patch_size=64)

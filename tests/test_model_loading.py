@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from keras_hyperiqa.convert.original import save_model_atomic
-from keras_hyperiqa.experiment import load_model_file
+from keras_hyperiqa.inference import load_model_file
 from keras_hyperiqa.model.hyperiqa import HyperIQA
 
 

@@ -194,7 +194,7 @@ def test_pyiqa_checkpoint_scores_equal_original_conversion(original, pyiqa_file,
     # The metadata survives a .keras round trip.
     dst = tmp_path / "pyiqa.keras"
     convert_original_checkpoint(pyiqa_file, dst)
-    from keras_hyperiqa.experiment import load_model_file
+    from keras_hyperiqa.inference import load_model_file
 
     loaded = load_model_file(dst)
     assert (loaded.score_range, loaded.test_patches, loaded.test_crops) == ((0.0, 1.0), 25, "grid")

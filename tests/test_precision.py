@@ -13,7 +13,7 @@ from conftest import run_backend
 
 from keras_hyperiqa.cli import cli
 from keras_hyperiqa.data.demo import distort, make_scene
-from keras_hyperiqa.experiment import load_model_file
+from keras_hyperiqa.inference import load_model_file
 
 N_PATCHES = 24
 
@@ -68,8 +68,8 @@ def spread_model(tmp_path_factory):
 # Scored as ``predict`` scores (the Predictor: jit-compiled on jax).
 SCORE_BOTH = """
     import numpy as np
-    from keras_hyperiqa.experiment import load_model_file
-    from keras_hyperiqa.training.trainer import Predictor
+    from keras_hyperiqa.inference import load_model_file
+    from keras_hyperiqa.inference import Predictor
     x = np.load({x!r})
     for precision in ("fp32", "bf16"):
         m = load_model_file({path!r}, precision=precision)
@@ -92,7 +92,7 @@ def _check_bf16_against_fp32(fp32, bf16):
 
 
 def test_bf16_scores_are_float32_and_close_to_fp32_torch(spread_model):
-    from keras_hyperiqa.training.trainer import Predictor
+    from keras_hyperiqa.inference import Predictor
 
     x = spread_model["x"]
     fp32 = Predictor(load_model_file(spread_model["path"]))(x)

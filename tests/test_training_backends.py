@@ -110,7 +110,7 @@ def training_scenario():
     (fix 2 reverted so the hypernet lr decays every epoch, decay_every=1)."""
     from keras_hyperiqa.training.optimizer import HyperAdam
     from keras_hyperiqa.training.schedule import Fixes, HyperIQASchedule
-    from keras_hyperiqa.training.testing import (
+    from doubles import (
         ArrayEvalSource,
         ArrayTrainSource,
         TinyIQA,

@@ -11,7 +11,7 @@ import pytest
 from keras_hyperiqa.training import checkpoint as ckpt
 from keras_hyperiqa.training.optimizer import HyperAdam
 from keras_hyperiqa.training.schedule import Fixes, HyperIQASchedule
-from keras_hyperiqa.training.testing import (
+from doubles import (
     ArrayEvalSource,
     ArrayTrainSource,
     TinyIQA,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from keras_hyperiqa.training.optimizer import HyperAdam
-from keras_hyperiqa.training.testing import ArrayTrainSource, TinyIQA, toy_dataset
+from doubles import ArrayTrainSource, TinyIQA, toy_dataset
 from keras_hyperiqa.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch host syncs")
@@ -218,7 +218,7 @@ _JAX_NO_READS = """
 import jax, keras, numpy as np
 import keras_hyperiqa
 from keras_hyperiqa.training.optimizer import HyperAdam
-from keras_hyperiqa.training.testing import ArrayTrainSource, TinyIQA, toy_dataset
+from doubles import ArrayTrainSource, TinyIQA, toy_dataset
 from keras_hyperiqa.training.trainer import Trainer
 
 keras.utils.set_random_seed(0)

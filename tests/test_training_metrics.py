@@ -46,7 +46,7 @@ def test_metrics_match_scipy_and_use_image_means():
 
 
 def test_trainer_evaluate_aggregates_patches_per_image():
-    from keras_hyperiqa.training.testing import (
+    from doubles import (
         ArrayEvalSource,
         TinyIQA,
         toy_dataset,

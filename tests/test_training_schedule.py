@@ -8,7 +8,7 @@ import torch
 
 from keras_hyperiqa.training.optimizer import HyperAdam
 from keras_hyperiqa.training.schedule import Fixes, HyperIQASchedule, epoch_rates
-from keras_hyperiqa.training.testing import (
+from doubles import (
     ArrayTrainSource,
     TinyIQA,
     toy_dataset,

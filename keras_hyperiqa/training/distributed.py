@@ -222,7 +222,7 @@ class TorchDataParallel:
                 g = grads[i]
                 n = g.numel()
                 # empty_like keeps the gradient's memory order (see
-                # trainer.use_torch_kernel_layout)
+                # model.layout.use_torch_kernel_layout)
                 out[i] = torch.empty_like(g).copy_(
                     (flat[offset:offset + n] / total).reshape(g.shape))
                 offset += n

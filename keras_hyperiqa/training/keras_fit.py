@@ -114,7 +114,7 @@ class ImageCorrelation(keras.callbacks.Callback):
         self._predictor = None
 
     def on_epoch_end(self, epoch, logs=None):
-        from keras_hyperiqa.training.trainer import Predictor
+        from keras_hyperiqa.inference import Predictor
 
         model = self.model  # on jax, this writes the training state back first
         if self._predictor is None or self._predictor.model is not model:

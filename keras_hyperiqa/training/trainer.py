@@ -41,91 +41,11 @@ from keras import ops
 from keras_hyperiqa import compat
 from keras_hyperiqa.atomic import mkstemp
 from keras_hyperiqa.data.pipeline import prefetch
+from keras_hyperiqa.inference import Predictor
+from keras_hyperiqa.model.layout import use_torch_kernel_layout
 from keras_hyperiqa.training import checkpoint as ckpt
 from keras_hyperiqa.training.metrics import aggregate_by_image, iqa_metrics
 from keras_hyperiqa.training.optimizer import HyperAdam
-
-
-def use_torch_kernel_layout(variables):
-    """torch only: keep every 4-D variable in torch's (out, in, h, w) memory order.
-
-    Keras stores convolution kernels as (h, w, in, out) and its torch backend
-    permutes them to torch's (out, in, h, w) at every call; on a row-major
-    tensor that permute is a copy before each forward and backward
-    convolution, and autograd then returns the kernel gradient in
-    (out, in, h, w) order, so the optimizer's elementwise updates mix memory
-    orders (several times slower on the CPU). Storing the kernel, and its
-    Adam slots, in (out, in, h, w) order makes the permute a free view and
-    every update same-strided. Shapes and values are unchanged: this is a
-    memory layout (``Parameter.data`` replaced in place, so existing
-    references stay valid), and ``assign``/``copy_`` keep it. Idempotent.
-    """
-    for variable in variables:
-        value = variable.value
-        if value.ndim != 4 or value.permute(3, 2, 0, 1).is_contiguous():
-            continue
-        value.data = value.detach().permute(3, 2, 0, 1).contiguous().permute(2, 3, 1, 0)
-
-
-class Predictor:
-    """Inference-mode scores for batches of patches, on torch or jax.
-
-    torch: forwards under ``torch.no_grad`` of at most ``max_batch`` patches
-    at a time (default 32 on the CPU, 64 on a GPU): Keras's functional graph
-    keeps every intermediate tensor until a forward ends, ~150 MB per
-    ResNet-50 patch, so a 96-patch evaluation batch would need ~14 GB at
-    once (measured on the CPU, 48 patches: 5.0 s and 8.9 GB peak in one
-    forward, 2.8 s and 4.1 GB in forwards of 16; one 25-patch image stays
-    one forward, since every forward also costs Keras's per-layer Python
-    overhead). jax: a jit-compiled ``stateless_call`` (compiled once per
-    input shape; XLA frees intermediates itself), reading the model's
-    current variable values at every call.
-    """
-
-    def __init__(self, model, strategy=None, max_batch=None):
-        self.model = model
-        self.backend = keras.backend.backend()
-        self._jax_fn = None
-        self.strategy = strategy
-        if max_batch is not None and int(max_batch) < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.max_batch = None if max_batch is None else int(max_batch)
-        if self.backend == "torch":
-            use_torch_kernel_layout(model.variables)
-
-    def __call__(self, x):
-        model = self.model
-        if self.backend == "torch":
-            import torch
-
-            x = ops.convert_to_tensor(x, dtype="float32")
-            step = self.max_batch or (32 if x.device.type == "cpu" else 64)
-            parts = []
-            with torch.no_grad():
-                for start in range(0, max(1, x.shape[0]), step):
-                    out = model(x[start:start + step], training=False)
-                    parts.append(ops.convert_to_numpy(ops.cast(out, "float32")).reshape(-1))
-            out = np.concatenate(parts)
-        else:
-            if self._jax_fn is None:
-                import jax
-
-                def forward(trainable, non_trainable, x):
-                    out, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-                    return ops.cast(out, "float32")
-
-                self._jax_fn = jax.jit(forward)
-            x = np.asarray(x, dtype=np.float32)
-            if self.strategy is not None:  # data parallel: shard the batch
-                (x,) = self.strategy.place(x)
-            out = self._jax_fn(
-                [v.value for v in model.trainable_variables],
-                [v.value for v in model.non_trainable_variables],
-                x,
-            )
-            out = (self.strategy.to_numpy(out) if self.strategy is not None
-                   else np.asarray(out))
-        return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
 def l1_loss(predictions, labels):
@@ -177,7 +97,7 @@ class Trainer:
             raise ValueError("The model has no trainable variables (built?)")
         if not self.optimizer.built:
             self.optimizer.build(trainable)
-        built_on = [id(v) for v in self.optimizer._trainable_variables]
+        built_on = [id(v) for v in compat.optimizer_built_variables(self.optimizer)]
         if built_on != [id(v) for v in trainable]:
             raise ValueError(
                 "The optimizer was built on other variables than "
@@ -216,7 +136,7 @@ class Trainer:
         import torch
 
         model, optimizer = self.model, self.optimizer
-        trainable = optimizer._trainable_variables
+        trainable = compat.optimizer_built_variables(optimizer)
         strategy = self.strategy
         if strategy is not None:  # this rank's contiguous slice of the batch
             x, y = strategy.local_batch(x, y)
@@ -263,7 +183,7 @@ class Trainer:
             # Keras's JAXTrainer does; loss/predictions are left to XLA.
             out_shardings = (
                 None, None,
-                [v.value.sharding for v in optimizer._trainable_variables],
+                [v.value.sharding for v in compat.optimizer_built_variables(optimizer)],
                 [v.value.sharding for v in model.non_trainable_variables],
                 [v.value.sharding for v in optimizer.variables],
             )
@@ -295,7 +215,7 @@ class Trainer:
         if self._jax_train_fn is None:
             self._jax_train_fn = self._make_jax_train_fn()
         model, optimizer = self.model, self.optimizer
-        trainable_vars = optimizer._trainable_variables
+        trainable_vars = compat.optimizer_built_variables(optimizer)
         non_trainable_vars = model.non_trainable_variables
         optimizer_vars = optimizer.variables
         x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
@@ -328,7 +248,7 @@ class Trainer:
             return batch
         import torch
 
-        if self.optimizer._trainable_variables[0].value.device.type != "cuda":
+        if compat.optimizer_built_variables(self.optimizer)[0].value.device.type != "cuda":
             return batch
         return tuple(torch.from_numpy(np.ascontiguousarray(a)).pin_memory()
                      if isinstance(a, np.ndarray) else a for a in batch)
@@ -397,7 +317,7 @@ class Trainer:
                 # float32 storage: report 2e-05, not 1.9999999494757503e-05.
                 rates[f"{name}_lr"] = float(f"{rate:.7g}")
         if not rates:
-            rates["lr"] = float(ops.convert_to_numpy(self.optimizer._learning_rate))
+            rates["lr"] = float(ops.convert_to_numpy(self.optimizer.learning_rate))
         return rates
 
     def restore(self, path):

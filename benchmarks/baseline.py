@@ -1,6 +1,6 @@
 """The plain-PyTorch HyperIQA a user would write instead of this package.
 
-The benchmark's baseline (``keras_hyperiqa.bench``): a timm ResNet
+The benchmark's baseline (``benchmarks.bench``): a timm ResNet
 (``features_only``, no pretrained weights) with the HyperIQA LDA taps, hyper
 head and target network written as ``torch.nn`` modules, and
 ``torch.optim.Adam`` over the original solver's two parameter groups
