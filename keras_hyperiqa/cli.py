@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from keras_hyperiqa.errors import UserError, first_line
+from keras_hyperiqa.errors import UserError, first_line, require_file
 
 BACKENDS = ("torch", "jax")
 DATASETS = ("live", "csiq", "tid2013", "livec", "koniq", "bid", "kadid", "spaq", "csv")
@@ -77,18 +77,11 @@ RESIZE_METAVAR = "HxW|none|preset"
 _PRESET_SPELLINGS = ("preset", "model")
 
 
-def _require_file(path, what):
-    """One-line error for a missing input file, before anything slow is loaded."""
-    if path is not None and not os.path.isfile(path):
-        reason = "is a folder" if os.path.isdir(path) else "does not exist"
-        raise UserError(f"{path}: no such {what} ({reason})")
-
-
 def _require_model(path):
-    """Like :func:`_require_file` for a model: a file, a keras-hub preset folder or a URI."""
+    """Like :func:`require_file` for a model: a file, a keras-hub preset folder or a URI."""
     if "://" in path or os.path.isdir(path):
         return  # a preset; loading it says what is wrong with it
-    _require_file(path, "model file")
+    require_file(path, "model file")
 
 
 def _parse_hw(value, option):
@@ -203,7 +196,6 @@ def _fit_config(kw, out):
     demo = kw["dataset"] is None
     if demo and kw["root"]:
         raise UserError("--root needs --dataset NAME (the demo needs no root)")
-    _require_file(kw["init"], "--init model file")
     base = dict(QUICK_PROFILE) if demo else {}
     explicit = {k: kw[k] for k in ("backbone", "backbone_weights", "epochs", "batch_size", "lr",
                                    "lr_ratio", "decay_every", "weight_decay", "train_patches", "test_patches",
@@ -410,7 +402,7 @@ def evaluate(model, dataset, root, label_column, splits_path, round_index, patch
     or CSIQ DMOS) is compared with the negated labels, and a note says so.
     """
     _require_model(model)
-    _require_file(splits_path, "splits file")
+    require_file(splits_path, "splits file")
     _use_backend(backend)
     from keras_hyperiqa import inference
 
@@ -449,7 +441,7 @@ def convert(src, dst, preset_dir, resize, lower_is_better, backend):
     0-100; pyiqa: MOS normalised to 0-1) and test crops (25), which predict
     and evaluate use. DST.keras, --preset DIR (a keras-hub preset folder), or both.
     """
-    _require_file(src, "checkpoint file")
+    require_file(src, "checkpoint file")
     _use_backend(backend)
     from keras_hyperiqa.convert.original import convert_original_checkpoint, load_checkpoint
 

@@ -23,3 +23,12 @@ def first_line(err, limit=200):
         return text
     cut = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
     return cut + " ..."
+
+
+def require_file(path, what):
+    """A one-line ``UserError`` for a missing input file, before anything slow is loaded."""
+    import os
+
+    if path is not None and not os.path.isfile(path):
+        reason = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise UserError(f"{path}: no such {what} ({reason})")

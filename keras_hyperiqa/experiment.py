@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keras_hyperiqa.atomic import write_atomic
-from keras_hyperiqa.errors import UserError
+from keras_hyperiqa.errors import UserError, require_file
 from keras_hyperiqa.inference import load_model_file
 from keras_hyperiqa.reports import fmt as _fmt
 from keras_hyperiqa.reports import plot_scatter, save_fig, write_csv
@@ -475,14 +475,13 @@ def _check_config(config):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= config.val_fraction < 1:
         raise UserError("--val-fraction must be in [0, 1)")
-    if config.init and not os.path.isfile(config.init):
-        raise UserError(f"{config.init}: no such model file (--init)")
+    require_file(config.init, "--init model file")
 
 
 def _check_splits(config, splits):
     """One-line errors, before any training, for splits the run could not score."""
     for split in splits:
-        where = f"round {split.round + 1}: " if len(splits) > 1 else ""
+        where = f"round {split.round}: " if len(splits) > 1 else ""
         n_train, n_val, n_test = len(split.train), len(split.val), len(split.test)
         if n_train < 1:
             raise UserError(f"{where}the training split is empty; the dataset is too small")
