@@ -14,7 +14,9 @@ import json
 import math
 from pathlib import Path
 
-from keras_hyperiqa.experiment import FIX_NAMES, fit, write_atomic, write_json
+from keras_hyperiqa.atomic import write_atomic
+from keras_hyperiqa.experiment import FIX_NAMES, fit, write_json
+from keras_hyperiqa.reports import save_fig
 
 VARIANTS = (
     ("all-fixes", ()),
@@ -71,8 +73,6 @@ def _table(results):
 
 
 def _plot(results, path):
-    import os
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +84,5 @@ def _plot(results, path):
     ax.set(xlabel="epoch (from 0)", ylabel="test SRCC", title="HyperIQA solver fixes: ablation")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
+    save_fig(fig, path)
     plt.close(fig)

@@ -26,13 +26,12 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keras_hyperiqa.atomic import write_atomic
+from keras_hyperiqa.atomic import atomic_path, write_atomic
 from keras_hyperiqa.errors import UserError, require_file
 from keras_hyperiqa.inference import load_model_file
 from keras_hyperiqa.reports import fmt as _fmt
@@ -253,9 +252,8 @@ def _callbacks_module():
                 values = [-math.inf if (v is None or v != v) else v for v in values]
                 best = int(np.argmax(values))
             if best == len(history) - 1:
-                tmp = self.path.with_name(".tmp-" + self.path.name)
-                self.trainer.model.save_weights(tmp)
-                os.replace(tmp, self.path)
+                with atomic_path(self.path) as tmp:
+                    self.trainer.model.save_weights(tmp)
 
     class EpochProgress(keras.callbacks.Callback):
         """A progress bar with loss and throughput, and a one-line epoch summary."""
@@ -608,10 +606,8 @@ def _finish(config, out, reports):
         return summary
     import shutil
 
-    src = out / "rounds" / f"r{reports[0]['round']}" / "model.keras"
-    tmp = out / ".tmp-model.keras"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, out / "model.keras")
+    with atomic_path(out / "model.keras") as tmp:
+        shutil.copyfile(out / "rounds" / f"r{reports[0]['round']}" / "model.keras", tmp)
     write_json(out / "summary.json", summary)
     plot_run(out)
     if config.verbose:

@@ -11,8 +11,8 @@ and Pillow (README, "Export to ONNX").
 
 import json
 import os
-import tempfile
 
+from keras_hyperiqa.atomic import atomic_path
 from keras_hyperiqa.errors import UserError
 
 METADATA_KEY = "keras_hyperiqa"
@@ -47,23 +47,10 @@ def export_onnx(model, dst):
     # Keras exports only a model that has been called (a loaded one has not).
     size = model.patch_size
     model(np.zeros((1, size, size, 3), "float32"), training=False)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix=".tmp-", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         model.export(tmp, format="onnx", verbose=False)
         proto = onnx.load(tmp)
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(model_metadata(model))
         onnx.save(proto, tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from colleagues
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dst
-
-
-def current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -11,10 +11,9 @@ keras-hub's loader reads it from a local folder, ``hf://user/name`` or
 
 import json
 import os
-import shutil
-import tempfile
 
 from keras_hyperiqa import compat
+from keras_hyperiqa.atomic import atomic_dir
 from keras_hyperiqa.errors import UserError
 
 REMOTE_SCHEMES = ("hf://", "kaggle://", "gs://", "modelscope://")
@@ -30,7 +29,7 @@ def save_preset(model, directory):
 
     Refuses an existing non-empty folder.
     """
-    from keras_hyperiqa.export import current_umask, model_metadata
+    from keras_hyperiqa.export import model_metadata
 
     directory = os.fspath(directory).rstrip("/") or "/"
     if os.path.isdir(directory) and os.listdir(directory):
@@ -40,8 +39,7 @@ def save_preset(model, directory):
     parent = os.path.dirname(os.path.abspath(directory))
     if not os.path.isdir(parent):
         raise UserError(f"{directory}: folder {parent} does not exist")
-    tmp = tempfile.mkdtemp(prefix=".tmp-preset-", dir=parent)
-    try:
+    with atomic_dir(directory) as tmp:
         compat.preset_saver(tmp).save_backbone(model)
         meta_path = os.path.join(tmp, compat.preset_metadata_name())
         with open(meta_path) as f:
@@ -49,13 +47,8 @@ def save_preset(model, directory):
         metadata["keras_hyperiqa"] = model_metadata(model)
         with open(meta_path, "w") as f:
             json.dump(metadata, f, indent=4)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide it
         if os.path.isdir(directory):
             os.rmdir(directory)  # empty, checked above
-        os.replace(tmp, directory)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 

@@ -3,10 +3,9 @@
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
-from keras_hyperiqa.atomic import write_atomic
+from keras_hyperiqa.atomic import atomic_path, write_atomic
 
 
 def write_csv(path, rows, columns=None):
@@ -61,6 +60,6 @@ def plot_scatter(labels, predictions, path, title):
 
 
 def save_fig(fig, path):
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
+    """``fig`` as a PNG at ``path``, atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")

@@ -154,7 +154,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         trainer.fit(train, 2, callbacks=cbs, initial_epoch=1, verbose=0)
     assert open(path, "rb").read() == before  # previous checkpoint intact
     assert ckpt.read_state(path)["epoch"] == 0
-    assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp")] == []
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary left
 
 
 def _seeded_run(tmp_path, seed):

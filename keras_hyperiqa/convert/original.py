@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from keras_hyperiqa.atomic import mkstemp
+from keras_hyperiqa.atomic import atomic_path
 from keras_hyperiqa.convert.state_dict import WeightTable, read_state_dict
 from keras_hyperiqa.errors import UserError
 
@@ -206,12 +206,5 @@ def convert_original_checkpoint(src, dst, resize=_DEFAULT, higher_is_better=True
 
 def save_model_atomic(model, dst):
     """``model.save(dst)`` through a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = mkstemp(folder, prefix=".tmp-", suffix=".keras")
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         model.save(tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -35,12 +35,13 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from keras_hyperiqa.atomic import atomic_dir
 
 VERSION = "demo-v1"
 SIZE = 256
@@ -185,18 +186,12 @@ def demo_root(cache_dir=None, seed: int = 0) -> Path:
     target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(seed)
     if (target / MARKER).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-tmp-", dir=target.parent))
     try:
-        generate(tmp, seed=seed)
-        if target.exists() and not (target / MARKER).is_file():
-            shutil.rmtree(target)  # a half-built folder from an older, interrupted layout
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / MARKER).is_file():  # lost a race and the winner is not complete
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(target) as tmp:
+            generate(Path(tmp), seed=seed)
+            if target.exists() and not (target / MARKER).is_file():
+                shutil.rmtree(target)  # a half-built folder from an older, interrupted layout
+    except OSError:
+        if not (target / MARKER).is_file():  # lost a race and the winner is not complete
+            raise
     return target

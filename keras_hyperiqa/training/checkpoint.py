@@ -11,8 +11,8 @@ One checkpoint is one ``.npz`` file holding
   paths: restoring matches every variable to its saved array by path, so a
   checkpoint of another model is refused instead of loaded by position.
 
-It is written to a temporary name in the same directory, flushed and fsynced,
-then moved into place with ``os.replace``, so a run killed at any moment
+It is written through :func:`keras_hyperiqa.atomic.atomic_file` (a temporary
+name in the same directory, fsynced, then ``os.replace``), so a run killed at any moment
 leaves either the previous complete checkpoint or the new complete one.
 
 Directory layout written by :class:`CheckpointCallback`::
@@ -27,7 +27,7 @@ import os
 import keras
 import numpy as np
 
-from keras_hyperiqa.atomic import mkstemp
+from keras_hyperiqa.atomic import atomic_file
 from keras_hyperiqa.errors import UserError
 
 LAST = "last.npz"
@@ -38,24 +38,9 @@ def _to_numpy(variable):
     return np.asarray(keras.ops.convert_to_numpy(variable.value))
 
 
-def _fsync_dir(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path, model, optimizer, state):
     """Write model + optimizer variables and ``state`` (JSON-able) atomically."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     arrays = {}
     for i, v in enumerate(model.variables):
         arrays[f"model/{i}"] = _to_numpy(v)
@@ -69,18 +54,8 @@ def save_checkpoint(path, model, optimizer, state):
     arrays["state"] = np.frombuffer(
         json.dumps(meta).encode("utf-8"), dtype=np.uint8
     )
-    fd, tmp = mkstemp(directory, prefix=".tmp-" + os.path.basename(path) + "-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
+    with atomic_file(path, "wb", fsync=True) as f:
+        np.savez(f, **arrays)
     return path
 
 

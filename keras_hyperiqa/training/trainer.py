@@ -30,7 +30,6 @@ same as on one device.
 """
 
 import csv
-import io
 import math
 import os
 
@@ -39,7 +38,7 @@ import numpy as np
 from keras import ops
 
 from keras_hyperiqa import compat
-from keras_hyperiqa.atomic import mkstemp
+from keras_hyperiqa.atomic import atomic_file
 from keras_hyperiqa.data.pipeline import prefetch
 from keras_hyperiqa.inference import Predictor
 from keras_hyperiqa.model.layout import use_torch_kernel_layout
@@ -469,19 +468,8 @@ class HistoryCSVLogger(keras.callbacks.Callback):
             for key in row:
                 if key not in keys:
                     keys.append(key)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = mkstemp(directory, prefix=".tmp-csv-")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                f.write(buffer.getvalue())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(self.path, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys, lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(row)
