@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 
 from keras_hyperiqa.atomic import write_atomic
-from keras_hyperiqa.experiment import FIX_NAMES, fit, write_json
+from keras_hyperiqa.experiment import fit, write_json
+from keras_hyperiqa.names import REVERT_FIXES
 from keras_hyperiqa.reports import save_fig
 
 VARIANTS = (
@@ -23,7 +24,7 @@ VARIANTS = (
     ("revert-filter", ("filter",)),
     ("revert-backbone-decay", ("backbone-decay",)),
     ("revert-optimizer-reset", ("optimizer-reset",)),
-    ("original", FIX_NAMES),
+    ("original", tuple(REVERT_FIXES)),
 )
 
 

@@ -14,13 +14,10 @@ import sys
 
 import click
 
+from keras_hyperiqa import names
 from keras_hyperiqa.errors import UserError, first_line, require_file
 
 BACKENDS = ("torch", "jax")
-DATASETS = ("live", "csiq", "tid2013", "livec", "koniq", "bid", "kadid", "spaq", "csv")
-BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                    "resnet_tiny", "swin_tiny", "swin_small", "swin_base", "swin_micro")
-FIXES = ("filter", "backbone-decay", "optimizer-reset")
 
 
 class InputError(click.ClickException):
@@ -135,12 +132,12 @@ def cli(debug):
 
 def _fit_options(f):
     options = [
-        click.option("--dataset", type=click.Choice(DATASETS), default=None,
+        click.option("--dataset", type=click.Choice(tuple(names.DATASETS)), default=None,
                      help="Dataset reader. Without it: the embedded demo set with the quick profile."),
         click.option("--root", type=click.Path(file_okay=False), default=None,
                      help="Dataset folder, as downloaded (csv: the folder of labels.csv)."),
         click.option("--label-column", default=None, help="Label column to read (KonIQ: MOS_zscore by default)."),
-        click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default=None,
+        click.option("--backbone", type=click.Choice(names.BACKBONES), default=None,
                      help="Backbone [resnet50; demo: resnet_tiny]."),
         click.option("--backbone-weights", default=None, metavar="PATH|PRESET|none",
                      help="ImageNet weights: a timm/torchvision state dict, a timm folder, a keras-hub "
@@ -203,7 +200,7 @@ def _fit_config(kw, out):
     options = {**base, **explicit}
     if kw["attention"] and not kw["multiscale"]:
         raise UserError("--attention weights the four stages of --multiscale: add --multiscale")
-    if kw["drop_path"] and not options.get("backbone", "resnet50").startswith("swin"):
+    if kw["drop_path"] and not names.is_swin(options.get("backbone", "resnet50")):
         raise UserError("--drop-path (stochastic depth) needs a Swin --backbone")
     for name in ("dropout", "drop_path"):
         if not 0.0 <= kw[name] < 1.0:
@@ -220,7 +217,7 @@ def _fit_config(kw, out):
 
 @cli.command()
 @_fit_options
-@click.option("--revert-fix", type=click.Choice(FIXES), multiple=True,
+@click.option("--revert-fix", type=click.Choice(tuple(names.REVERT_FIXES)), multiple=True,
               help="Revert one of the three solver fixes (repeatable), for ablations.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory [runs/demo or runs/<dataset>-<backbone>].")
@@ -369,7 +366,7 @@ def predict(model, paths, patches, crops, resize, seed, fmt, batch_size, precisi
 
 @cli.command()
 @click.argument("model", type=click.Path())
-@click.option("--dataset", type=click.Choice(DATASETS), required=True)
+@click.option("--dataset", type=click.Choice(tuple(names.DATASETS)), required=True)
 @click.option("--root", type=click.Path(file_okay=False), required=True)
 @click.option("--label-column", default=None)
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), default=None,
@@ -489,7 +486,7 @@ def export(model, fmt, out):
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default="runs/compare", show_default=True)
-@click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default="resnet_tiny", show_default=True)
+@click.option("--backbone", type=click.Choice(names.BACKBONES), default="resnet_tiny", show_default=True)
 @click.option("--epochs", type=int, default=1, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 from keras_hyperiqa.atomic import atomic_path, write_atomic
 from keras_hyperiqa.errors import UserError, require_file
 from keras_hyperiqa.inference import load_model_file
+from keras_hyperiqa.names import DATASETS, REVERT_FIXES
 from keras_hyperiqa.reports import fmt as _fmt
 from keras_hyperiqa.reports import plot_scatter, save_fig, write_csv
 
@@ -43,8 +44,6 @@ def _dist():
     from keras_hyperiqa.training import distributed
 
     return distributed
-
-FIX_NAMES = ("filter", "backbone-decay", "optimizer-reset")
 
 # The demo's quick profile: a small ResNet trained from scratch on the
 # embedded demo set, sized to finish in under 4 minutes on a 2-core CPU with
@@ -172,10 +171,9 @@ def make_round_splits(config, info):
         if not info.official_split:
             raise UserError(f"{info.name}: no official split found under {info.root}")
         return [official_split(info)]
-    group = info.name in ("live", "csiq", "tid2013", "kadid") or info.name == "csv"
     return make_splits(info.records, rounds=config.rounds, seed=config.seed,
-                       train_fraction=config.train_fraction,
-                       val_fraction=config.val_fraction, group_by_ref=group)
+                       train_fraction=config.train_fraction, val_fraction=config.val_fraction,
+                       group_by_ref=DATASETS[info.name].by_reference)
 
 
 def patch_sources(config, info, split, resize, short_side):
@@ -462,9 +460,9 @@ def resolve_backbone_weights(config):
 
 
 def _check_config(config):
-    bad = [f for f in config.revert_fix if f not in FIX_NAMES]
+    bad = [f for f in config.revert_fix if f not in REVERT_FIXES]
     if bad:
-        raise UserError(f"unknown fix {bad[0]!r} for --revert-fix; choose from {', '.join(FIX_NAMES)}")
+        raise UserError(f"unknown fix {bad[0]!r} for --revert-fix; choose from {', '.join(REVERT_FIXES)}")
     if config.test_crops == "grid" and round(math.sqrt(config.test_patches)) ** 2 != config.test_patches:
         raise UserError(f"--test-patches {config.test_patches} must be a square number for grid crops "
                         "(a k x k grid: 1, 4, 9, 16, 25, ...), or use --test-crops random")

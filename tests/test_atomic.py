@@ -38,15 +38,13 @@ def test_atomic_path_keeps_the_extension_and_gives_the_umask_mode(tmp_path, umas
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, error):
     target = tmp_path / "model.keras"
     target.write_bytes(b"old")
-    with pytest.raises(error):
-        with atomic_path(target) as tmp:
-            with open(tmp, "wb") as fh:
-                fh.write(b"half")
-            raise error()
-    with pytest.raises(error):
-        with atomic_file(target, "wb", fsync=True) as fh:
+    with pytest.raises(error), atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
             fh.write(b"half")
-            raise error()
+        raise error()
+    with pytest.raises(error), atomic_file(target, "wb", fsync=True) as fh:
+        fh.write(b"half")
+        raise error()
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["model.keras"]
 
@@ -54,7 +52,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, error):
 def test_atomic_file_text_options_and_fsync(tmp_path, umask_027):
     with atomic_file(tmp_path / "h.csv", newline="", fsync=True) as fh:
         fh.write("a\r\nü\n")
-    assert (tmp_path / "h.csv").read_bytes() == "a\r\nü\n".encode("utf-8")
+    assert (tmp_path / "h.csv").read_bytes() == "a\r\nü\n".encode()
     write_atomic(tmp_path / "h.csv", "b\n")
     assert (tmp_path / "h.csv").read_text() == "b\n" and _mode(tmp_path / "h.csv") == 0o640
 
@@ -72,14 +70,12 @@ def test_atomic_dir_replaces_an_absent_or_empty_folder_with_the_umask_mode(tmp_p
 
 
 def test_atomic_dir_removes_its_folder_on_an_error_and_refuses_a_full_target(tmp_path):
-    with pytest.raises(RuntimeError):
-        with atomic_dir(tmp_path / "out") as tmp:
-            (open(os.path.join(tmp, "f"), "w")).close()
-            raise RuntimeError()
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "out") as tmp:
+        (open(os.path.join(tmp, "f"), "w")).close()
+        raise RuntimeError()
     assert os.listdir(tmp_path) == []
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "old").write_text("x")
-    with pytest.raises(OSError):
-        with atomic_dir(tmp_path / "full") as tmp:
-            (open(os.path.join(tmp, "f"), "w")).close()
+    with pytest.raises(OSError), atomic_dir(tmp_path / "full") as tmp:
+        (open(os.path.join(tmp, "f"), "w")).close()
     assert os.listdir(tmp_path) == ["full"] and os.listdir(tmp_path / "full") == ["old"]

@@ -17,7 +17,7 @@ import numpy as np
 
 from keras_hyperiqa.convert.state_dict import WeightTable, read_state_dict
 from keras_hyperiqa.errors import UserError, first_line
-from keras_hyperiqa.model.backbones import is_swin
+from keras_hyperiqa.names import is_swin
 
 # torchvision / timm ResNet keys that carry no backbone weights.
 _RESNET_HEAD_PREFIXES = ("fc.",)

@@ -8,24 +8,18 @@ other datasets are used at native resolution, except SPAQ, which the original
 does not use and whose 4000x3000 phone photos are by common practice resized
 so the short side is 512 (``short_side``). Every value is overridable: pass
 ``resize=`` / ``short_side=`` to ``preset()`` or straight to ``PatchDataset``.
+The values sit in the table of dataset names, ``keras_hyperiqa.names.DATASETS``.
 """
 
 from __future__ import annotations
 
 from keras_hyperiqa.errors import UserError
-
-_COMMON = dict(patch_size=224, train_patches=25, test_patches=25, resize=None, short_side=None)
+from keras_hyperiqa.names import DATASETS
 
 PRESETS: dict[str, dict] = {
-    "live": dict(_COMMON),
-    "csiq": dict(_COMMON),
-    "tid2013": dict(_COMMON),
-    "livec": dict(_COMMON),
-    "koniq": dict(_COMMON, resize=(512, 384)),
-    "bid": dict(_COMMON, resize=(512, 512)),
-    "kadid": dict(_COMMON),
-    "spaq": dict(_COMMON, short_side=512),
-    "csv": dict(_COMMON),
+    name: dict(patch_size=224, train_patches=25, test_patches=25,
+               resize=facts.resize, short_side=facts.short_side)
+    for name, facts in DATASETS.items()
 }
 
 

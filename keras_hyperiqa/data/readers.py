@@ -33,23 +33,9 @@ import math
 import os
 from pathlib import Path
 
-from keras_hyperiqa.data.presets import PRESETS
 from keras_hyperiqa.data.records import DatasetInfo, Problem, Record
 from keras_hyperiqa.errors import UserError
-
-DATASETS = ("live", "csiq", "tid2013", "livec", "koniq", "bid", "kadid", "spaq", "csv")
-
-HIGHER_IS_BETTER = {
-    "live": False,
-    "csiq": False,
-    "tid2013": True,
-    "livec": True,
-    "koniq": True,
-    "bid": True,
-    "kadid": True,
-    "spaq": True,
-    "csv": True,
-}
+from keras_hyperiqa.names import DATASETS
 
 LIVE_FOLDERS = (("jp2k", 227), ("jpeg", 233), ("wn", 174), ("gblur", 174), ("fastfading", 174))
 LIVEC_SKIP = 7
@@ -497,15 +483,15 @@ def read_dataset(
     records, problems, official = _READERS[key](root_path, label_column, csv_path)
     if not records and not problems:
         raise UserError(f"{root_path}: dataset '{key}' has no rows in its label file")
-    preset = PRESETS[key]
+    facts = DATASETS[key]
     info_root = root_path.parent if root_path.is_file() else root_path
     return DatasetInfo(
         name=key,
         root=str(info_root),
         records=records,
-        higher_is_better=HIGHER_IS_BETTER[key] if higher_is_better is None else bool(higher_is_better),
-        resize=preset["resize"] if resize is _PRESET else (tuple(resize) if resize else None),
+        higher_is_better=facts.higher_is_better if higher_is_better is None else bool(higher_is_better),
+        resize=facts.resize if resize is _PRESET else (tuple(resize) if resize else None),
         official_split=official,
         problems=list(problems),
-        short_side=preset["short_side"] if short_side is _PRESET else short_side,
+        short_side=facts.short_side if short_side is _PRESET else short_side,
     )

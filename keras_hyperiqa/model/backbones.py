@@ -9,6 +9,7 @@ import keras
 
 from keras_hyperiqa.errors import UserError
 from keras_hyperiqa.model.batch_norm import use_fused_batch_norm
+from keras_hyperiqa.names import BACKBONES, is_swin
 
 # keras-hub ResNetBackbone arguments for torchvision's ResNets ("v1.5": stride
 # on the 3x3 conv, which is what keras-hub's bottleneck block does).
@@ -31,9 +32,6 @@ _RESNET_TINY = dict(
     input_conv_filters=[64],
     input_conv_kernel_sizes=[7],
 )
-
-SWIN_NAMES = ("swin_tiny", "swin_small", "swin_base", "swin_micro")
-BACKBONES = tuple(_RESNET_BLOCKS) + ("resnet_tiny",) + SWIN_NAMES
 
 
 def resnet_config(name):
@@ -58,10 +56,6 @@ def check_backbone_name(name):
             f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}"
         )
     return name
-
-
-def is_swin(name):
-    return name in SWIN_NAMES
 
 
 def compute_data_format(name):

@@ -20,14 +20,7 @@ import dataclasses
 
 import keras
 
-
-# The words users give ``--revert-fix`` (named after each bug), and the field
-# of :class:`Fixes` (named after what the fix does) that each one turns off.
-REVERT_NAMES = {
-    "filter": "hypernet_trains",
-    "backbone-decay": "backbone_lr_decays",
-    "optimizer-reset": "optimizer_state_kept",
-}
+from keras_hyperiqa.names import REVERT_FIXES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +57,13 @@ class Fixes:
         """Build from the fixes to revert, by their ``--revert-fix`` words.
 
         ``filter``, ``backbone-decay``, ``optimizer-reset`` (or with ``_``
-        for ``-``); see :data:`REVERT_NAMES`.
+        for ``-``); see ``keras_hyperiqa.names.REVERT_FIXES``.
         """
         names = {name.replace("_", "-") for name in names}
-        unknown = names - set(REVERT_NAMES)
+        unknown = names - set(REVERT_FIXES)
         if unknown:
             raise ValueError(f"Unknown fix name(s): {sorted(unknown)}")
-        return cls(**{REVERT_NAMES[name]: False for name in names})
+        return cls(**{REVERT_FIXES[name]: False for name in names})
 
 
 def epoch_rates(epoch, lr=2e-5, lr_ratio=10.0, fixes=Fixes(), decay_every=6,
