@@ -168,9 +168,22 @@ class Scorer:
 
     def score(self, path):
         """The image's score: the mean over its crops. UserError if unreadable."""
-        data = self.dataset([(str(path), 0.0)])
-        scores = [self.predict(x) for x, _ in data.eval_batches()]
-        return float(np.mean(np.concatenate(scores)))
+        return float(score_images(self.predict, self.dataset([(str(path), 0.0)]), 1)[0])
+
+
+def score_images(predict, source, num_images=None):
+    """Per-image scores of an evaluation source: ``predict`` on its patches, averaged per image.
+
+    ``source.eval_batches()`` yields ``(patches, image_index)``; ``predict``
+    maps patches to one score each (a :class:`Predictor`).
+    """
+    from keras_hyperiqa.data.pipeline import image_means
+
+    scores, index = [], []
+    for x, image_index in source.eval_batches():
+        scores.append(predict(x))
+        index.append(np.asarray(image_index).reshape(-1))
+    return image_means(np.concatenate(scores), np.concatenate(index), num_images)
 
 
 CHECKPOINT_SUFFIXES = (".pkl", ".pth", ".pt", ".bin", ".safetensors")
@@ -310,11 +323,7 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
                               batch_size=max(patches or 25, 25), precision=precision)
     records = [info.records[i] for i in indices]
     data = scorer.dataset(records, workers=None)
-    scores, index = [], []
-    for x, idx in data.eval_batches():
-        scores.append(scorer.predict(x))
-        index.append(np.asarray(idx))
-    predictions = data.image_means(np.concatenate(scores), np.concatenate(index))
+    predictions = score_images(scorer.predict, data, len(records))
     labels = np.array([r.label for r in records])
     model_hib = scorer.model.higher_is_better
     flipped = model_hib is not None and model_hib != info.higher_is_better

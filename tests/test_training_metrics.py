@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from keras_hyperiqa.data.pipeline import image_means
 from keras_hyperiqa.training.metrics import (
-    aggregate_by_image,
     image_level_metrics,
     iqa_metrics,
 )
@@ -20,10 +20,10 @@ from keras_hyperiqa.training.run import (
 def test_aggregate_is_per_image_mean():
     scores = np.array([1.0, 3.0, 10.0, 2.0, 4.0, 6.0])
     index = np.array([0, 0, 2, 1, 1, 1])
-    np.testing.assert_allclose(aggregate_by_image(scores, index, 3),
+    np.testing.assert_allclose(image_means(scores, index, 3),
                                [2.0, 4.0, 10.0])
     with pytest.raises(ValueError):  # image 3 has no patch
-        aggregate_by_image(scores, index, 4)
+        image_means(scores, index, 4)
 
 
 def test_metrics_match_scipy_and_use_image_means():

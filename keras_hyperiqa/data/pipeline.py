@@ -301,14 +301,38 @@ class PatchDataset:
         return self.train_batches(epoch) if self.train else self.eval_batches()
 
     def image_means(self, patch_scores, image_index) -> np.ndarray:
-        """Average per-patch scores per image (all images must have been scored)."""
-        scores = np.asarray(patch_scores, dtype=np.float64).reshape(-1)
-        index = np.asarray(image_index, dtype=np.int64).reshape(-1)
-        n = len(self.paths)
-        counts = np.bincount(index, minlength=n)
-        if np.any(counts == 0):
-            raise ValueError(f"{int(np.sum(counts == 0))} image(s) have no scored patches")
-        return np.bincount(index, weights=scores, minlength=n) / counts
+        """:func:`image_means` over this dataset's images (all must have been scored)."""
+        return image_means(patch_scores, image_index, len(self.paths))
+
+
+def image_means(patch_scores, image_index, num_images=None) -> np.ndarray:
+    """Each image's score: the plain mean of its patches' scores, as the original evaluates.
+
+    Args:
+        patch_scores: (P,) scores of all evaluated patches.
+        image_index: (P,) int index of the image each patch comes from (the
+            second item of :meth:`PatchDataset.eval_batches`).
+        num_images: number of images (default ``max(image_index) + 1``).
+
+    Returns:
+        (num_images,) float64 per-image means.
+
+    Raises:
+        ValueError: if an image has no patch, or an index is out of range.
+    """
+    scores = np.asarray(patch_scores, dtype=np.float64).reshape(-1)
+    index = np.asarray(image_index).reshape(-1).astype(np.int64)
+    if scores.shape != index.shape:
+        raise ValueError(f"{scores.shape[0]} patch scores but {index.shape[0]} image indices")
+    if num_images is None:
+        num_images = int(index.max()) + 1 if index.size else 0
+    counts = np.bincount(index, minlength=num_images)
+    if len(counts) > num_images:
+        raise ValueError("image index out of range")
+    if np.any(counts == 0):
+        missing = np.flatnonzero(counts == 0)[:5].tolist()
+        raise ValueError(f"images without any patch score: {missing}...")
+    return np.bincount(index, weights=scores, minlength=num_images) / counts
 
 
 class _Raised:

@@ -33,7 +33,6 @@ from keras_hyperiqa.training.checkpoint import (
     save_checkpoint,
 )
 from keras_hyperiqa.training.metrics import (
-    aggregate_by_image,
     image_level_metrics,
     iqa_metrics,
 )
@@ -56,7 +55,6 @@ __all__ = [
     "ImageCorrelation",
     "PatchPyDataset",
     "Trainer",
-    "aggregate_by_image",
     "epoch_rates",
     "image_level_metrics",
     "iqa_metrics",

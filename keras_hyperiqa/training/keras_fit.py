@@ -22,9 +22,8 @@ weights after ``model.fit`` equal ``Trainer.fit``'s (``tests/test_keras_fit.py``
 import warnings
 
 import keras
-import numpy as np
 
-from keras_hyperiqa.training.metrics import aggregate_by_image, iqa_metrics
+from keras_hyperiqa.training.metrics import iqa_metrics
 
 
 class PatchPyDataset(keras.utils.PyDataset):
@@ -114,17 +113,12 @@ class ImageCorrelation(keras.callbacks.Callback):
         self._predictor = None
 
     def on_epoch_end(self, epoch, logs=None):
-        from keras_hyperiqa.inference import Predictor
+        from keras_hyperiqa.inference import Predictor, score_images
 
         model = self.model  # on jax, this writes the training state back first
         if self._predictor is None or self._predictor.model is not model:
             self._predictor = Predictor(model)
-        scores, index = [], []
-        for x, image_index in self.source.eval_batches():
-            scores.append(self._predictor(x))
-            index.append(np.asarray(image_index).reshape(-1))
-        means = aggregate_by_image(np.concatenate(scores), np.concatenate(index),
-                                   len(self.source.labels))
+        means = score_images(self._predictor, self.source, len(self.source.labels))
         metrics = iqa_metrics(means, self.source.labels)
         if logs is not None:
             logs.update({self.prefix + k: v for k, v in metrics.items()})

@@ -1,43 +1,14 @@
 """Image-level IQA metrics: per-image mean of patch scores, then SRCC/PLCC/KRCC/RMSE.
 
 As in the original evaluation, each image's score is the plain mean of the
-scores of its test patches, and SRCC (Spearman), PLCC (Pearson, no logistic
-fit), KRCC (Kendall) and RMSE are computed on those means against the labels.
+scores of its test patches (``data.pipeline.image_means``), and SRCC
+(Spearman), PLCC (Pearson, no logistic fit), KRCC (Kendall) and RMSE are
+computed on those means against the labels.
 """
 
 import numpy as np
 
-
-def aggregate_by_image(patch_scores, image_index, num_images=None):
-    """Mean patch score per image.
-
-    Args:
-        patch_scores: (P,) scores of all evaluated patches.
-        image_index: (P,) int index of the image each patch comes from.
-        num_images: number of images (default ``max(image_index) + 1``).
-
-    Returns:
-        (num_images,) float64 per-image means.
-
-    Raises:
-        ValueError: if an image has no patch.
-    """
-    scores = np.asarray(patch_scores, dtype=np.float64).reshape(-1)
-    index = np.asarray(image_index).reshape(-1).astype(np.int64)
-    if scores.shape != index.shape:
-        raise ValueError(
-            f"{scores.shape[0]} patch scores but {index.shape[0]} image indices"
-        )
-    if num_images is None:
-        num_images = int(index.max()) + 1 if index.size else 0
-    sums = np.bincount(index, weights=scores, minlength=num_images)
-    counts = np.bincount(index, minlength=num_images)
-    if len(counts) > num_images:
-        raise ValueError("image index out of range")
-    if np.any(counts == 0):
-        missing = np.flatnonzero(counts == 0)[:5].tolist()
-        raise ValueError(f"images without any patch score: {missing}...")
-    return sums / counts
+from keras_hyperiqa.data.pipeline import image_means
 
 
 def iqa_metrics(predictions, labels):
@@ -74,5 +45,5 @@ def iqa_metrics(predictions, labels):
 def image_level_metrics(patch_scores, image_index, labels):
     """Aggregate patch scores per image, then :func:`iqa_metrics`."""
     labels = np.asarray(labels)
-    means = aggregate_by_image(patch_scores, image_index, len(labels))
+    means = image_means(patch_scores, image_index, len(labels))
     return iqa_metrics(means, labels)

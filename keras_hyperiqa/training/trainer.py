@@ -39,11 +39,11 @@ from keras import ops
 
 from keras_hyperiqa import compat
 from keras_hyperiqa.atomic import atomic_file
-from keras_hyperiqa.data.pipeline import prefetch
+from keras_hyperiqa.data.pipeline import image_means, prefetch
 from keras_hyperiqa.inference import Predictor
 from keras_hyperiqa.model.layout import use_torch_kernel_layout
 from keras_hyperiqa.training import checkpoint as ckpt
-from keras_hyperiqa.training.metrics import aggregate_by_image, iqa_metrics
+from keras_hyperiqa.training.metrics import iqa_metrics
 from keras_hyperiqa.training.optimizer import HyperAdam
 
 
@@ -293,9 +293,7 @@ class Trainer:
         if not scores:
             scores, index = [np.zeros(0, np.float32)], [np.zeros(0, np.int64)]
         num_images = len(source.labels) if hasattr(source, "labels") else None
-        return aggregate_by_image(
-            np.concatenate(scores), np.concatenate(index), num_images
-        )
+        return image_means(np.concatenate(scores), np.concatenate(index), num_images)
 
     def evaluate(self, source, callbacks=None):
         """Image-level ``{"srcc", "plcc", "krcc", "rmse"}`` on an eval source."""
