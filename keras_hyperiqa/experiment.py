@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import platform
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,79 +221,6 @@ def build_model(config, resize, short_side, higher_is_better=None):
 
         load_backbone_weights(model, weights)
     return model
-
-
-# ---------------------------------------------------------------- callbacks
-def _callbacks_module():
-    import keras
-    import numpy as np
-
-    class SelectEpoch(keras.callbacks.Callback):
-        """Keeps the weights of the epoch selected on validation SRCC.
-
-        Without a validation split the last epoch is selected (never the test
-        split: that is the optimistic protocol, reported separately).
-        """
-
-        def __init__(self, trainer, path):
-            super().__init__()
-            self.trainer, self.path = trainer, Path(path)
-
-        def on_epoch_end(self, epoch, logs=None):
-            history = self.trainer.history
-            key = "val_srcc" if any("val_srcc" in r for r in history) else None
-            if key is None:
-                best = len(history) - 1
-            else:
-                values = [r.get(key, -math.inf) for r in history]
-                values = [-math.inf if (v is None or v != v) else v for v in values]
-                best = int(np.argmax(values))
-            if best == len(history) - 1:
-                with atomic_path(self.path) as tmp:
-                    self.trainer.model.save_weights(tmp)
-
-    class EpochProgress(keras.callbacks.Callback):
-        """A progress bar with loss and throughput, and a one-line epoch summary."""
-
-        def __init__(self, steps, epochs, round_index, rounds, verbose=1):
-            super().__init__()
-            self.steps, self.epochs = steps, epochs
-            self.round_index, self.rounds, self.verbose = round_index, rounds, verbose
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.seen, self.start = 0, time.perf_counter()
-            if self.verbose:
-                tag = f", round {self.round_index} of 0-{self.rounds - 1}" if self.rounds > 1 else ""
-                print(f"Epoch {epoch} (epochs 0-{self.epochs - 1}{tag})", flush=True)
-                # loss: the epoch's running mean, which the trainer logs every
-                # log_every_steps steps (shown as it is, not averaged again)
-                self.bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss", "patches/s"])
-
-        def on_train_batch_end(self, batch, logs=None):
-            logs = logs or {}
-            self.seen += logs.get("size", 0)
-            if self.verbose:
-                rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
-                values = [("loss", logs["loss"])] if "loss" in logs else []
-                self.bar.update(batch + 1, values + [("patches/s", rate)])
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            if self.verbose:
-                print(epoch_summary(epoch, logs), flush=True)
-
-    return SelectEpoch, EpochProgress
-
-
-def epoch_summary(epoch, logs):
-    """``epoch 3: loss 12.3 | lr backbone 2e-05 hypernet 0.0002 | train SRCC ... | val ... | test ...``"""
-    parts = [f"epoch {epoch}: loss {_fmt(logs.get('loss'), '.4g')}",
-             f"lr backbone {_fmt(logs.get('backbone_lr'), '.3g')} hypernet {_fmt(logs.get('hypernet_lr'), '.3g')}",
-             f"train SRCC {_fmt(logs.get('train_srcc'))}"]
-    for prefix, name in (("val_", "val"), ("test_", "test")):
-        if prefix + "srcc" in logs:
-            parts.append(f"{name} SRCC {_fmt(logs.get(prefix + 'srcc'))} PLCC {_fmt(logs.get(prefix + 'plcc'))}")
-    return " | ".join(parts)
 
 
 # ----------------------------------------------------------------------- fit
@@ -492,15 +418,11 @@ def _check_splits(config, splits):
                             f"the dataset is too small")
 
 
+SELECTED_WEIGHTS = "selected.weights.h5"  # in rounds/rN: the selected epoch's weights
+
+
 def _train_round(config, info, split, n_rounds, resize, short_side, out):
-    import keras
-
-    from keras_hyperiqa.convert.original import save_model_atomic
-    from keras_hyperiqa.training import (
-        CheckpointCallback, Fixes, HistoryCSVLogger, HyperAdam, HyperIQASchedule,
-        Trainer, latest_checkpoint, round_report,
-    )
-
+    """Train round ``split.round`` in ``out/rounds/rN``, or resume it; its report (``done.json``)."""
     rdir = out / "rounds" / f"r{split.round}"
     done = rdir / "done.json"
     _dist().barrier()  # [distributed] rank 0's files are complete before anyone reads them
@@ -513,78 +435,99 @@ def _train_round(config, info, split, n_rounds, resize, short_side, out):
     if primary:
         rdir.mkdir(parents=True, exist_ok=True)
     seed = config.seed + split.round
-    keras.utils.set_random_seed(seed)
-    model = build_model(config, resize, short_side, higher_is_better=info.higher_is_better)
-    optimizer = HyperAdam(learning_rate=config.lr, weight_decay=config.weight_decay)
-    trainer = Trainer(model, optimizer)
-    fixes = Fixes.from_reverted(config.revert_fix)
-    schedule = HyperIQASchedule(optimizer, model.backbone_variables, model.hypernet_variables,
-                                lr=config.lr, lr_ratio=config.lr_ratio, fixes=fixes,
-                                decay_every=config.decay_every)
+    trainer, schedule = _round_trainer(config, info, seed, resize, short_side)
     train, val, test = patch_sources(config, info, split, resize, short_side)
-    initial_epoch = 0
-    last = latest_checkpoint(rdir)
-    if last:
-        initial_epoch = trainer.restore(last)
-        if config.verbose:
-            print(f"round {split.round}: resuming at epoch {initial_epoch}", flush=True)
-    SelectEpoch, EpochProgress = _callbacks_module()
-    selected_path = rdir / "selected.weights.h5"
-    callbacks = [
-        schedule,
-        SelectEpoch(trainer, selected_path),
-        CheckpointCallback(rdir, trainer),
-        HistoryCSVLogger(rdir / "history.csv", trainer),
-        _MetricsTable(out, split.round, trainer),
-        EpochProgress(train.steps_per_epoch, config.epochs, split.round, n_rounds, config.verbose),
-    ]
-    if not primary:  # [distributed] the schedule only; no files, no progress
-        callbacks = [schedule]
+    initial_epoch = _resume(trainer, rdir, split.round, config.verbose)
     if initial_epoch < config.epochs:
+        if primary:
+            callbacks = _round_callbacks(config, trainer, schedule, rdir, out, split.round, n_rounds,
+                                         train.steps_per_epoch)
+        else:  # [distributed] the schedule only; no files, no progress
+            callbacks = [schedule]
         trainer.fit(train, config.epochs, val=val, test=test, callbacks=callbacks,
                     initial_epoch=initial_epoch, verbose=0)
-    select_on = "val_srcc" if val is not None else None
-    report = round_report(trainer.history, select_on=select_on)
-    if select_on is None:
-        last_row = trainer.history[-1]
-        report.update({k: v for k, v in last_row.items() if k.startswith("test_")},
-                      selected_epoch=last_row["epoch"], selected_on="last epoch")
+    report = _selected_epoch_report(trainer.history, has_val=val is not None)
     report.update(round=split.round, seed=seed)
-    # The selected epoch's model, with its per-image test predictions.
-    _dist().barrier()  # [distributed] rank 0 has written selected.weights.h5
-    model.load_weights(selected_path)
-    if primary:
-        save_model_atomic(model, rdir / "model.keras")
-    if test is not None:
-        scores = trainer.predict(test)  # collective under torch.distributed
-        if not primary:
-            return report
-        rows = [{"image": info.relpath(r), "label": r.label, "prediction": float(s)}
-                for r, s in zip((info.records[i] for i in split.test), scores)]
-        write_csv(rdir / "test_predictions.csv", rows, ["image", "label", "prediction"])
+    _save_selected(trainer, info, split, test, rdir, primary)
     if primary:
         write_json(done, report)
     return report
 
 
-class _MetricsTable:
-    """Rewrites metrics.csv (every round's epochs) after each epoch, atomically."""
+def _round_trainer(config, info, seed, resize, short_side):
+    """A seeded new model with its optimizer, trainer and learning-rate schedule."""
+    import keras
 
-    def __new__(cls, out, round_index, trainer):
-        import keras
+    from keras_hyperiqa.training import Fixes, HyperAdam, HyperIQASchedule, Trainer
 
-        class MetricsTable(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                path = Path(out) / "metrics.csv"
-                rows = []
-                if path.is_file():
-                    with open(path, newline="") as f:
-                        rows = [r for r in csv.DictReader(f) if int(r["round"]) != round_index]
-                rows += [{"round": round_index, **r} for r in trainer.history]
-                rows.sort(key=lambda r: (int(r["round"]), int(r["epoch"])))
-                write_csv(path, rows)
+    keras.utils.set_random_seed(seed)
+    model = build_model(config, resize, short_side, higher_is_better=info.higher_is_better)
+    optimizer = HyperAdam(learning_rate=config.lr, weight_decay=config.weight_decay)
+    trainer = Trainer(model, optimizer)
+    schedule = HyperIQASchedule(optimizer, model.backbone_variables, model.hypernet_variables,
+                                lr=config.lr, lr_ratio=config.lr_ratio,
+                                fixes=Fixes.from_reverted(config.revert_fix),
+                                decay_every=config.decay_every)
+    return trainer, schedule
 
-        return MetricsTable()
+
+def _resume(trainer, rdir, round_index, verbose):
+    """Restore the round's last checkpoint, if any; the epoch to train next."""
+    from keras_hyperiqa.training import latest_checkpoint
+
+    last = latest_checkpoint(rdir)
+    if not last:
+        return 0
+    initial_epoch = trainer.restore(last)
+    if verbose:
+        print(f"round {round_index}: resuming at epoch {initial_epoch}", flush=True)
+    return initial_epoch
+
+
+def _round_callbacks(config, trainer, schedule, rdir, out, round_index, n_rounds, steps_per_epoch):
+    """The schedule, then the run directory's writers and the console (rank 0's)."""
+    from keras_hyperiqa.training import CheckpointCallback, HistoryCSVLogger
+    from keras_hyperiqa.training.callbacks import EpochProgress, MetricsTable, SelectEpoch
+
+    return [
+        schedule,
+        SelectEpoch(trainer, rdir / SELECTED_WEIGHTS),
+        CheckpointCallback(rdir, trainer),
+        HistoryCSVLogger(rdir / "history.csv", trainer),
+        MetricsTable(out, round_index, trainer),
+        EpochProgress(steps_per_epoch, config.epochs, round_index, n_rounds, config.verbose),
+    ]
+
+
+def _selected_epoch_report(history, has_val):
+    """The round's numbers at the epoch selected on validation SRCC (the last one without
+    a validation split), and the optimistic best-test epoch's."""
+    from keras_hyperiqa.training import round_report
+
+    select_on = "val_srcc" if has_val else None
+    report = round_report(history, select_on=select_on)
+    if select_on is None:
+        last_row = history[-1]
+        report.update({k: v for k, v in last_row.items() if k.startswith("test_")},
+                      selected_epoch=last_row["epoch"], selected_on="last epoch")
+    return report
+
+
+def _save_selected(trainer, info, split, test, rdir, primary):
+    """The selected epoch's model (``model.keras``) and its per-image test predictions."""
+    from keras_hyperiqa.convert.original import save_model_atomic
+
+    _dist().barrier()  # [distributed] rank 0 has written selected.weights.h5
+    trainer.model.load_weights(rdir / SELECTED_WEIGHTS)
+    if primary:
+        save_model_atomic(trainer.model, rdir / "model.keras")
+    if test is None:
+        return
+    scores = trainer.predict(test)  # collective under torch.distributed
+    if primary:
+        rows = [{"image": info.relpath(r), "label": r.label, "prediction": float(s)}
+                for r, s in zip((info.records[i] for i in split.test), scores)]
+        write_csv(rdir / "test_predictions.csv", rows, ["image", "label", "prediction"])
 
 
 def _finish(config, out, reports):

@@ -196,9 +196,8 @@ def test_train_step_copies_no_host_values_to_the_device(monkeypatch):
 def test_cli_progress_bar_shows_the_logged_running_loss(capsys):
     """The fit command's bar gets the loss only every log_every_steps steps:
     it shows that running mean, never a NaN for the steps without one."""
-    from keras_hyperiqa.experiment import _callbacks_module
+    from keras_hyperiqa.training.callbacks import EpochProgress
 
-    _, EpochProgress = _callbacks_module()
     bar = EpochProgress(steps=6, epochs=1, round_index=0, rounds=1, verbose=1)
     bar.on_epoch_begin(0)
     bar.bar.interval = 0  # draw at every update
