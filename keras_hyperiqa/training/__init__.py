@@ -19,10 +19,11 @@ Typical wiring (what the CLI does)::
 
 ``ckpt_dir/last.npz`` is the latest completed epoch (model variables, every
 optimizer variable, loop position and history, written atomically). Rounds:
-:func:`run_rounds` with a ``train_round(round, seed)`` that does the above on
-``keras_hyperiqa.data.splits.make_splits`` and returns the history; it reports test
-metrics at the epoch selected on ``val_srcc`` plus the optimistic best-test
-epoch, per round and as medians.
+``keras_hyperiqa.experiment.fit`` does the above once per split of
+``keras_hyperiqa.data.splits.make_splits`` (seed ``seed + round``);
+:func:`round_report` gives each round's test metrics at the epoch selected on
+``val_srcc`` plus the optimistic best-test epoch, :func:`summarize_rounds`
+their medians.
 """
 
 from keras_hyperiqa.training.checkpoint import (
@@ -40,7 +41,6 @@ from keras_hyperiqa.training.keras_fit import ImageCorrelation, PatchPyDataset
 from keras_hyperiqa.training.optimizer import HyperAdam
 from keras_hyperiqa.training.run import (
     round_report,
-    run_rounds,
     summarize_rounds,
 )
 from keras_hyperiqa.training.schedule import Fixes, HyperIQASchedule, epoch_rates
@@ -63,7 +63,6 @@ __all__ = [
     "load_checkpoint",
     "read_state",
     "round_report",
-    "run_rounds",
     "save_checkpoint",
     "summarize_rounds",
 ]

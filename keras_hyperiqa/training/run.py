@@ -1,10 +1,12 @@
-"""Rounds driver: seeded splits, epoch selection on validation, medians.
+"""A round's report (the selected epoch's numbers) and the medians over rounds.
 
 The paper reports the median SRCC/PLCC over 10 random train/test splits, with
 the epoch chosen by the best *test* SRCC (optimistic: the test split selects
 the model). Here the default selects the epoch on a validation split carved
 from the training images and reports test metrics at that epoch; the
 optimistic best-test-epoch numbers are reported too, labelled as such.
+``keras_hyperiqa.experiment.fit`` drives the rounds (a split, a seed, a run
+directory each) and summarizes them with these.
 """
 
 import math
@@ -60,28 +62,3 @@ def summarize_rounds(reports):
         values = [r[key] for r in reports if r.get(key) is not None]
         summary["median_" + key] = float(np.median(values)) if values else None
     return summary
-
-
-def run_rounds(train_round, rounds=10, seed=0, select_on="val_srcc"):
-    """Train ``rounds`` rounds and summarize them.
-
-    Args:
-        train_round: ``train_round(round_index, round_seed) -> history``; it
-            builds the split (e.g. ``keras_hyperiqa.data.splits.make_splits`` with ``round_seed``),
-            sets ``keras.utils.set_random_seed(round_seed)``, builds model,
-            ``HyperAdam``, ``Trainer`` and callbacks, and returns
-            ``trainer.fit(...)``'s history.
-        rounds: number of rounds.
-        seed: round ``r`` uses seed ``seed + r``.
-
-    Returns:
-        :func:`summarize_rounds` of the per-round :func:`round_report` dicts
-        (each also carrying ``round`` and ``seed``).
-    """
-    reports = []
-    for r in range(rounds):
-        history = train_round(r, seed + r)
-        report = round_report(history, select_on)
-        report.update({"round": r, "seed": seed + r})
-        reports.append(report)
-    return summarize_rounds(reports)
