@@ -3,7 +3,8 @@
 Public APIs do not cover a few things we need: the epoch that Keras's
 ``BackupAndRestore`` restores, an optimizer's slot index and its one-call
 update hook, switching a built layer's class, skipping random initial values
-when loading, keras-hub's timm ResNet converter, preset files and the Swin
+when loading, changing a torch variable's memory layout in place, keras-hub's
+timm ResNet converter, preset files and the Swin
 blocks' ``DropPath``. Each is reached only through a function here, and ``tests/test_compat.py``
 checks each one against the installed versions, so an upgrade that moves or
 renames one fails there with a message naming it, not deep inside a run.
@@ -107,6 +108,22 @@ def switch_layer_class(layer, cls):
     if not issubclass(cls, type(layer)):
         raise TypeError(f"{cls.__name__} is not a subclass of {type(layer).__name__}")
     layer.__class__ = cls
+
+
+def set_torch_memory_layout(variable, data):
+    """torch backend: ``variable`` takes ``data``'s storage (same shape and values), in place.
+
+    Keras's torch ``Variable`` keeps one ``torch.nn.Parameter``, hands it out
+    as ``value`` and ``assign`` copies into it (``copy_``); replacing that
+    Parameter's ``.data`` changes the memory layout of every later read,
+    gradient and assign while every reference to the Parameter (autograd's,
+    the optimizer's) stays valid.
+    """
+    parameter = variable.value
+    if tuple(data.shape) != tuple(parameter.shape) or data.dtype != parameter.dtype:
+        raise ValueError(f"{variable.path}: a new layout keeps shape and dtype "
+                         f"({tuple(parameter.shape)} {parameter.dtype}), got {tuple(data.shape)} {data.dtype}")
+    parameter.data = data
 
 
 # Keras's random initializers whose ``__call__`` the patch below replaces: the

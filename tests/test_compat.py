@@ -149,3 +149,25 @@ def test_zeros_instead_of_random_init_covers_keras_initializers():
             f"{type(init).__name__} no longer draws through a __call__ that "
             "keras_hyperiqa.compat.zeros_instead_of_random_init replaces")
     assert np.abs(keras.ops.convert_to_numpy(inits[0]((4, 4)))).sum() > 0  # restored
+
+
+def test_torch_memory_layout_is_kept_by_the_variable():
+    """Keras's torch Variable keeps the Parameter whose ``.data`` compat replaces, and assigns into it."""
+    import keras
+    import numpy as np
+
+    if keras.backend.backend() != "torch":
+        pytest.skip("a torch memory layout")
+    v = keras.Variable(np.arange(24, dtype="float32").reshape(2, 3, 1, 4))
+    parameter = v.value
+    data = parameter.detach().permute(3, 2, 0, 1).contiguous().permute(2, 3, 1, 0)
+    compat.set_torch_memory_layout(v, data)
+    msg = ("keras's torch Variable no longer keeps the torch.nn.Parameter it hands out as .value, "
+           "or assign() no longer copies into it; update keras_hyperiqa.compat.set_torch_memory_layout")
+    assert v.value is parameter and v.value.stride() == data.stride(), msg
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), np.arange(24).reshape(2, 3, 1, 4))
+    v.assign(np.full((2, 3, 1, 4), 2.0, "float32"))
+    assert v.value is parameter and v.value.stride() == data.stride(), msg
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), 2.0)
+    with pytest.raises(ValueError, match="keeps shape and dtype"):
+        compat.set_torch_memory_layout(v, data.reshape(4, 3, 2, 1))

@@ -1,5 +1,7 @@
 """Memory layout of the model's variables on the torch backend."""
 
+from keras_hyperiqa import compat
+
 
 def use_torch_kernel_layout(variables):
     """torch only: keep every 4-D variable in torch's (out, in, h, w) memory order.
@@ -12,11 +14,12 @@ def use_torch_kernel_layout(variables):
     orders (several times slower on the CPU). Storing the kernel, and its
     Adam slots, in (out, in, h, w) order makes the permute a free view and
     every update same-strided. Shapes and values are unchanged: this is a
-    memory layout (``Parameter.data`` replaced in place, so existing
-    references stay valid), and ``assign``/``copy_`` keep it. Idempotent.
+    memory layout, changed in place (``compat.set_torch_memory_layout``:
+    existing references stay valid, ``assign`` keeps it). Idempotent.
     """
     for variable in variables:
         value = variable.value
         if value.ndim != 4 or value.permute(3, 2, 0, 1).is_contiguous():
             continue
-        value.data = value.detach().permute(3, 2, 0, 1).contiguous().permute(2, 3, 1, 0)
+        compat.set_torch_memory_layout(
+            variable, value.detach().permute(3, 2, 0, 1).contiguous().permute(2, 3, 1, 0))
