@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_hyperiqa.atomic import write_atomic
+
 # --------------------------------------------------------------- helpers
 
 def _peak_rss_mib() -> float:
@@ -124,8 +126,8 @@ def _versions() -> dict:
 
 
 def _write(out_dir: Path, stem: str, result: dict, markdown: str):
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown)
+    write_atomic(out_dir / f"{stem}.json", json.dumps(result, indent=2, default=_json_default) + "\n")
+    write_atomic(out_dir / f"{stem}.md", markdown)
 
 
 def _json_default(o):
