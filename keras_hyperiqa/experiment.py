@@ -285,9 +285,9 @@ def fit(config: FitConfig | None = None, resume: str | None = None, overwrite: b
         })
 
     finished = all((out / "rounds" / f"r{s.round}" / "done.json").is_file() for s in splits)
-    reports = []
-    for split in splits:
-        reports.append(_train_round(config, info, split, len(splits), resize, short_side, out))
+    # The rounds: one per split, seed ``seed + round``; a finished round is read back.
+    reports = [_train_round(config, info, split, len(splits), resize, short_side, out)
+               for split in splits]
     if finished and (out / "summary.json").is_file():
         summary = json.loads((out / "summary.json").read_text())  # finished before: kept as is
         if config.verbose and _dist().is_primary():
