@@ -126,9 +126,9 @@ def write_atomic(path, data, mode="w"):
 def atomic_dir(path):
     """Yield a new temporary folder beside ``path`` that becomes ``path`` when the block succeeds.
 
-    ``path`` must then be absent or an empty folder (``os.replace`` refuses a
-    non-empty one with ``OSError``). On an error the temporary folder and all
-    in it are removed. The parent folder is created if missing.
+    ``path`` must then be absent or an empty folder (which is removed first);
+    a non-empty one is an ``OSError``. On an error the temporary folder and
+    all in it are removed. The parent folder is created if missing.
     """
     path = os.fspath(path).rstrip(os.sep) or os.sep
     parent = os.path.dirname(os.path.abspath(path))
@@ -137,6 +137,8 @@ def atomic_dir(path):
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~current_umask())
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)  # some systems rename a folder only onto an absent name
         os.replace(tmp, path)
     finally:
         if os.path.isdir(tmp):

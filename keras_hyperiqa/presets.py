@@ -47,8 +47,6 @@ def save_preset(model, directory):
         metadata["keras_hyperiqa"] = model_metadata(model)
         with open(meta_path, "w") as f:
             json.dump(metadata, f, indent=4)
-        if os.path.isdir(directory):
-            os.rmdir(directory)  # empty, checked above
     return directory
 
 
