@@ -441,12 +441,12 @@ def test_ablate_runs_five_variants_side_by_side(dataset, tmp_path):
 
 def test_fit_with_swin_backbone_and_predict(dataset, tmp_path):
     out = tmp_path / "swin"
-    args = [a if a != "resnet_tiny" else "swin_tiny" for a in TINY]
+    args = [a if a != "resnet_tiny" else "swin_micro" for a in TINY]
     result = _run(["fit", "--dataset", "csv", "--root", str(dataset), "--out", str(out), "--multiscale",
                    "--val-fraction", "0", *args])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())["options"]
-    assert config["backbone"] == "swin_tiny" and config["multiscale"] is True
+    assert config["backbone"] == "swin_micro" and config["multiscale"] is True
     with open(out / "rounds" / "r0" / "test_predictions.csv", newline="") as f:
         first = next(csv.DictReader(f))  # scored by the run (its one epoch is the model saved)
     scored = _run(["predict", str(out / "model.keras"), str(dataset / first["image"]), "--patches", "1",
