@@ -413,13 +413,16 @@ def test_resume_after_a_killed_run_completes_it(dataset, tmp_path):
     assert result.exit_code == 0, result.output
     with open(whole / "metrics.csv", newline="") as f:
         uninterrupted = list(csv.DictReader(f))
-    numbers = ("loss", "train_srcc", "test_srcc", "test_plcc")
+    # Continuous quantities only (a rank correlation jumps on a near tie), to
+    # 1e-4: equal on CPU; a GPU's unordered reductions differ by far less, a
+    # resume that drops the Adam moments by more than 1e-3.
+    numbers = ("loss", "test_plcc", "test_rmse")
     for a, b in zip(rows, uninterrupted):
         np.testing.assert_allclose([float(a[k]) for k in numbers], [float(b[k]) for k in numbers],
-                                   rtol=1e-5, err_msg=a["epoch"])
+                                   rtol=1e-4, err_msg=a["epoch"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["srcc"] == pytest.approx(json.loads((whole / "summary.json").read_text())["srcc"],
-                                            abs=1e-6)
+    assert summary["plcc"] == pytest.approx(json.loads((whole / "summary.json").read_text())["plcc"],
+                                            rel=1e-4)
 
 
 def test_ablate_runs_five_variants_side_by_side(dataset, tmp_path):
