@@ -27,8 +27,8 @@ TINY = ["--backbone", "resnet_tiny", "--backbone-weights", "none", "--epochs", "
 LEARN = ["--backbone", "resnet_tiny", "--backbone-weights", "none", "--epochs", "2",
          "--batch-size", "4", "--train-patches", "2", "--test-patches", "1", "--workers", "1",
          "--lr", "1e-3", "--lr-ratio", "4"]
-# One adjacent swap among 4 held-out images gives SRCC 0.8.
-HELD_OUT_SRCC_FLOOR = 0.8
+# Held-out SRCC and PLCC floor: one adjacent swap among 4 images gives SRCC 0.8.
+HELD_OUT_FLOOR = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_fit_learns_to_rank_the_held_out_images(dataset, tmp_path):
     # The summary's SRCC is that of the held-out predictions.
     assert summary["srcc"] == pytest.approx(spearmanr(predictions, labels)[0], abs=1e-12)
     print(f"\nheld-out SRCC {summary['srcc']:.3f}, PLCC {summary['plcc']:.3f}")
-    assert summary["srcc"] >= HELD_OUT_SRCC_FLOOR
-    assert summary["plcc"] >= HELD_OUT_SRCC_FLOOR
+    assert summary["srcc"] >= HELD_OUT_FLOOR
+    assert summary["plcc"] >= HELD_OUT_FLOOR
     with open(out / "metrics.csv", newline="") as f:
         losses = [float(r["loss"]) for r in csv.DictReader(f)]
     print(f"training loss by epoch {losses}")
@@ -414,8 +414,8 @@ def test_resume_after_a_killed_run_completes_it(dataset, tmp_path):
     with open(whole / "metrics.csv", newline="") as f:
         uninterrupted = list(csv.DictReader(f))
     # Continuous quantities only (a rank correlation jumps on a near tie), to
-    # 1e-4: equal on CPU; a GPU's unordered reductions differ by far less, a
-    # resume that drops the Adam moments by more than 1e-3.
+    # 1e-4: bit-equal on CPU; the margin leaves room for a GPU's unordered
+    # reductions, while a resume that drops the Adam moments moves them by 2e-3.
     numbers = ("loss", "test_plcc", "test_rmse")
     for a, b in zip(rows, uninterrupted):
         np.testing.assert_allclose([float(a[k]) for k in numbers], [float(b[k]) for k in numbers],
