@@ -148,11 +148,21 @@ def test_decode_once_per_epoch_and_cache(tmp_path, monkeypatch):
 
 
 def test_early_stop_of_iterator_is_clean(tmp_path):
+    """Closing the batch generator after one batch shuts its worker pool down:
+    its threads end (nothing left decoding the images of later chunks)."""
+    import threading
+
     items = _images(tmp_path, n=6)
     ds = PatchDataset(items, patches_per_image=5, batch_size=4, workers=3, chunk_images=2)
+    before = set(threading.enumerate())
     it = ds.train_batches(0)
-    next(it)
-    it.close()  # shuts the worker pool down without error
+    x, y = next(it)
+    assert x.shape == (4, 224, 224, 3) and len(y) == 4
+    workers = [t for t in threading.enumerate() if t not in before]
+    assert workers  # the pool is running
+    it.close()
+    assert not [t for t in workers if t.is_alive()]
+    assert list(it) == []
 
 
 def test_unreadable_image_surfaces_as_user_error(tmp_path):

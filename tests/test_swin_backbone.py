@@ -31,6 +31,7 @@ from keras_hyperiqa.numerics import forward_tolerance, reduction_length  # noqa:
 from keras_hyperiqa.model.swin import (  # noqa: E402
     SWIN_CONFIGS,
     build_swin_backbone,
+    resolve_swin_name,
     stage_channels,
     swin_feature_model,
 )
@@ -142,9 +143,33 @@ def loaded_backbone(timm_case):
     return backbone
 
 
-def test_configs_and_channels(loaded_backbone):
-    assert set(SWIN_CONFIGS) == {"swin_tiny", "swin_small", "swin_base", "swin_micro"}
-    assert stage_channels(loaded_backbone) == (96, 192, 384, 768)
+def _timm_architecture(timm_name):
+    """What a timm Swin is built with, read off the model (on the meta device: no memory, no init)."""
+    with torch.device("meta"):
+        m = timm.create_model(timm_name, pretrained=False)
+    return {
+        "embed_dim": m.embed_dim,
+        "depths": tuple(len(layer.blocks) for layer in m.layers),
+        "num_heads": tuple(layer.blocks[0].attn.num_heads for layer in m.layers),
+        "window_size": m.layers[0].blocks[0].window_size[0],
+        "patch_size": m.patch_embed.patch_size[0],
+        "image_size": m.patch_embed.img_size[0],
+        "channels": tuple(layer.blocks[0].norm1.normalized_shape[0] for layer in m.layers),
+    }
+
+
+@pytest.mark.parametrize("name", [k for k, c in SWIN_CONFIGS.items() if c["timm_name"]])
+def test_configs_are_the_timm_architectures(name, loaded_backbone):
+    cfg = SWIN_CONFIGS[name]
+    timm_arch = _timm_architecture(cfg["timm_name"])
+    ours = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()
+            if k != "timm_name"}
+    ours["channels"] = tuple(cfg["embed_dim"] * 2 ** i for i in range(len(cfg["depths"])))
+    assert ours == timm_arch
+    assert resolve_swin_name(cfg["timm_name"]) == resolve_swin_name(name) == name
+    if name == "swin_tiny":  # the built backbone says the same
+        assert stage_channels(loaded_backbone) == timm_arch["channels"]
+        assert tuple(loaded_backbone.depths) == timm_arch["depths"]
     with pytest.raises(UserError, match="unknown Swin"):
         build_swin_backbone("swin_huge")
 
@@ -204,11 +229,23 @@ def test_stage_outputs_match_timm_other_backend(timm_case, loaded_backbone):
             assert err < _rtol(loaded_backbone), (i, err)
 
 
-def _variables_equal_source(backbone, sd):
-    for variable, key, transform in swin_weight_table(backbone):
-        want = transform(sd[key].numpy())
-        got = _np(variable)
-        np.testing.assert_array_equal(got, want, err_msg=key)
+def _snapshot(backbone):
+    return {v.path: _np(v).copy() for v in backbone.weights}
+
+
+def _assert_weights_equal(backbone, snapshot):
+    """Every backbone weight (not only those the loader's table names) equals the snapshot."""
+    assert [v.path for v in backbone.weights] == list(snapshot)
+    for v in backbone.weights:
+        np.testing.assert_array_equal(_np(v), snapshot[v.path], err_msg=v.path)
+
+
+def test_weight_table_covers_every_weight_once(loaded_backbone):
+    table = swin_weight_table(loaded_backbone)
+    ids = [id(v) for v, _, _ in table]
+    assert len(ids) == len(set(ids)) == len({id(v) for v in loaded_backbone.weights})
+    assert set(ids) == {id(v) for v in loaded_backbone.weights}
+    assert len({key for _, key, _ in table}) == len(table)
 
 
 def _old_layout(sd):
@@ -247,8 +284,23 @@ def test_other_sources_load_same_weights(timm_case, loaded_backbone, tmp_path,
     else:
         src = {"model": {"backbone." + k: v for k, v in sd.items()}}
     kwargs = {"prefix": "backbone."} if source == "wrapped" else {}
-    load_timm_swin_weights(loaded_backbone, src, **kwargs)
-    _variables_equal_source(loaded_backbone, sd)
+    # The fixture's weights (its stage outputs match timm's) are the target;
+    # every weight is overwritten first, so a weight the load leaves alone fails.
+    # features_only has no final norm (the model never runs it): that one is left as it was.
+    before = _snapshot(loaded_backbone)
+    fill = {path: np.full(a.shape, 0.125, "float32") for path, a in before.items()}
+    want = dict(before)
+    if source == "features_only":
+        for v in loaded_backbone.get_layer("norm").weights:
+            want[v.path] = fill[v.path]
+    try:
+        for v in loaded_backbone.weights:
+            v.assign(fill[v.path])
+        load_timm_swin_weights(loaded_backbone, src, **kwargs)
+        _assert_weights_equal(loaded_backbone, want)
+    finally:
+        for v in loaded_backbone.weights:
+            v.assign(before[v.path])
 
 
 def test_missing_key_is_named(timm_case, loaded_backbone):
@@ -264,15 +316,14 @@ def test_wrong_shape_is_named_and_nothing_assigned(timm_case, loaded_backbone):
     sd["layers.1.downsample.reduction.weight"] = torch.zeros(10, 10)
     sd["patch_embed.proj.bias"] = torch.full((96,), 7.0)  # valid, new value
     sd["extra.weight"] = torch.zeros(3)
+    before = _snapshot(loaded_backbone)
     with pytest.raises(UserError) as info:
         load_timm_swin_weights(loaded_backbone, sd)
     msg = str(info.value)
     assert "mis-shaped keys: layers.1.downsample.reduction.weight (10, 10)" in msg
     assert "unexpected keys: extra.weight" in msg
-    # Validation happens before assignment: the backbone kept its weights.
-    bias = _np(loaded_backbone.patch_embedding.proj.bias)
-    np.testing.assert_array_equal(
-        bias, timm_case["sd"]["patch_embed.proj.bias"].numpy())
+    # Validation happens before assignment: the backbone kept every weight.
+    _assert_weights_equal(loaded_backbone, before)
 
 
 def test_foreign_relative_position_index_is_refused(timm_case,

@@ -38,9 +38,9 @@ def _optimizer_inputs():
     return init, grads
 
 
-def _group_lrs(step):
-    """(group-0 lr, group-1 lr) for a step: 1e-3/1e-2, then 5e-4/1.5e-3."""
-    return (1e-3, 1e-2) if step < SWITCH else (5e-4, 1.5e-3)
+def _group_lrs(step, switch=SWITCH):
+    """(group-0 lr, group-1 lr) for a step: 1e-3/1e-2, then 5e-4/1.5e-3 from ``switch``."""
+    return (1e-3, 1e-2) if step < switch else (5e-4, 1.5e-3)
 
 
 def optimizer_scenario():
@@ -86,7 +86,8 @@ def optimizer_scenario():
     )
 
 
-def torch_adam_reference():
+def torch_adam_reference(switch=SWITCH):
+    """torch.optim.Adam over the same groups; ``switch=STEPS`` keeps the first lrs throughout."""
     import torch
 
     init, grads = _optimizer_inputs()
@@ -97,7 +98,7 @@ def torch_adam_reference():
     ]
     opt = torch.optim.Adam(groups, weight_decay=5e-4)
     for step in range(STEPS):
-        for group, lr in zip(opt.param_groups, _group_lrs(step)):
+        for group, lr in zip(opt.param_groups, _group_lrs(step, switch)):
             group["lr"] = lr
         for p, g in zip(params, grads[step]):
             p.grad = torch.tensor(g)
@@ -185,9 +186,15 @@ def test_hyperadam_matches_torch_adam_two_groups_torch_backend():
     assert iterations == STEPS
     for ours, ref in zip(weights, reference):
         assert np.max(np.abs(ours - ref)) <= 1e-6
-    # The reference really moved the variables and the lr switch mattered.
+    # The reference really moved every variable, and the lr switch moved
+    # every one of them elsewhere than the first lrs would have, by far more
+    # than the 1e-6 above: a HyperAdam that ignored the new base lr or the
+    # new multiplier would fail the comparison.
     init, _ = _optimizer_inputs()
     assert min(np.max(np.abs(r - a)) for r, a in zip(reference, init)) > 1e-4
+    unswitched = torch_adam_reference(switch=STEPS)
+    moved = [float(np.max(np.abs(r - u))) for r, u in zip(reference, unswitched)]
+    assert min(moved) > 1e-4, moved
 
 
 def test_hyperadam_matches_torch_adam_two_groups_jax_backend(jax_results):
