@@ -1,8 +1,13 @@
-"""Every private Keras / keras-hub name in ``keras_hyperiqa.compat`` still exists."""
+"""Every private Keras / keras-hub name in ``keras_hyperiqa.compat`` still exists; versions below the floors are refused."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
 from keras_hyperiqa import compat
+from keras_hyperiqa.errors import UserError
 
 
 @pytest.mark.parametrize("module,name", compat.PRIVATE_NAMES,
@@ -149,3 +154,57 @@ def test_zeros_instead_of_random_init_covers_keras_initializers():
             f"{type(init).__name__} no longer draws through a __call__ that "
             "keras_hyperiqa.compat.zeros_instead_of_random_init replaces")
     assert np.abs(keras.ops.convert_to_numpy(inits[0]((4, 4)))).sum() > 0  # restored
+
+
+def test_versions_older_than_the_floor_are_refused_in_one_line():
+    keras_floor, hub_floor = dict(compat.MIN_VERSIONS)["keras"], dict(compat.MIN_VERSIONS)["keras-hub"]
+    compat.check_versions({"keras": keras_floor, "keras-hub": hub_floor})
+    compat.check_versions({"keras": "4.0.0", "keras-hub": "1.0.0"})
+    compat.check_versions({})  # not installed: left to fail at import
+    with pytest.raises(compat.VersionError) as err:
+        compat.check_versions({"keras": "3.13.2", "keras-hub": hub_floor})
+    assert str(err.value) == (
+        f"keras-hyperiqa needs keras>={keras_floor}, but keras 3.13.2 is installed; "
+        f"upgrade it (pip install 'keras>={keras_floor}') or reinstall keras-hyperiqa")
+    with pytest.raises(compat.VersionError, match=rf"needs keras-hub>={hub_floor}, but keras-hub 0.29.1 is"):
+        compat.check_versions({"keras": keras_floor, "keras-hub": "0.29.1"})
+    assert issubclass(compat.VersionError, ImportError) and issubclass(compat.VersionError, UserError)
+
+
+def test_check_versions_reads_the_installed_metadata(monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.20.0" if name == "keras-hub" else real(name))
+    with pytest.raises(compat.VersionError, match="keras-hub 0.20.0 is installed"):
+        compat.check_versions()
+
+
+def test_import_refuses_an_old_keras(tmp_path):
+    """``import keras_hyperiqa`` stops at once, its last line naming the version needed."""
+    dist = tmp_path / "keras-3.8.0.dist-info"  # found before the real keras on sys.path
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: keras\nVersion: 3.8.0\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root]))
+    proc = subprocess.run([sys.executable, "-c", "import keras_hyperiqa"], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode != 0
+    floor = dict(compat.MIN_VERSIONS)["keras"]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"keras_hyperiqa.compat.VersionError: keras-hyperiqa needs keras>={floor}, but keras 3.8.0 "
+        f"is installed; upgrade it (pip install 'keras>={floor}') or reinstall keras-hyperiqa")
+
+
+def test_version_floors_match_pyproject():
+    """The floors ``check_versions`` enforces are the ones pyproject.toml declares."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        deps = [Requirement(d) for d in tomllib.load(f)["project"]["dependencies"]]
+    floors = {r.name: s.version for r in deps for s in r.specifier if s.operator == ">="}
+    for name, floor in compat.MIN_VERSIONS:
+        assert floors[name] == floor, f"pyproject.toml says {name}>={floors[name]}, compat {floor}"
