@@ -6,17 +6,22 @@ first use only, which keeps ``keras-hyperiqa --help`` fast; the model classes
 are registered with Keras as soon as keras is imported, so
 ``keras.saving.load_model("model.keras")`` works after ``import keras_hyperiqa``.
 Keras on TensorFlow (``import keras`` first without ``KERAS_BACKEND``) is
-refused with a ``BackendError`` saying how to choose torch or jax.
+refused with a ``BackendError`` saying how to choose torch or jax, and a keras
+or keras-hub older than ``keras_hyperiqa.compat.MIN_VERSIONS`` with a
+``VersionError`` naming the version needed, raised by ``import keras`` (or by
+this import when keras came first); the CLI prints it in one line.
 """
 
 import sys as _sys
 
 from keras_hyperiqa.backend import check_backend, ensure_default_backend, register_when_keras_loads
+from keras_hyperiqa.compat import check_versions as _check_versions
 
 ensure_default_backend()
-if "keras" in _sys.modules:  # keras imported first: it may have chosen TensorFlow
+if "keras" in _sys.modules:  # keras imported first: it may have chosen TensorFlow, or be too old
+    _check_versions()
     check_backend()
-register_when_keras_loads()
+register_when_keras_loads()  # otherwise both are checked when keras is imported
 
 __version__ = "0.1.0"
 

@@ -131,7 +131,7 @@ def _register_serializables():
 
 
 class _RegisterAfterKerasImport(importlib.abc.MetaPathFinder):
-    """Registers our Keras classes right after ``keras`` itself is imported.
+    """Checks keras's version before ``keras`` is imported and registers our classes after.
 
     ``keras.saving.load_model`` finds custom classes only when they are
     registered, but importing keras costs seconds (torch comes with it), which
@@ -143,6 +143,11 @@ class _RegisterAfterKerasImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "keras":
             return None
+        # A keras (or keras-hub) older than we need is refused before it runs;
+        # raising here keeps this finder, so every later ``import keras`` is too.
+        from keras_hyperiqa.compat import check_versions
+
+        check_versions()
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec("keras")
         if spec is None or spec.loader is None:

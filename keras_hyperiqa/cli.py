@@ -57,7 +57,9 @@ class _Group(click.Group):
 def _use_backend(backend):
     """Select the Keras backend for this process (before keras is imported)."""
     from keras_hyperiqa import backend as hb
+    from keras_hyperiqa.compat import check_versions
 
+    check_versions()  # before any work, not only when keras loads
     if backend is not None:
         current = os.environ.get("KERAS_BACKEND")
         if "keras" in sys.modules and current != backend:

@@ -8,10 +8,18 @@ timm ResNet converter, preset files and the Swin
 blocks' ``DropPath``. Each is reached only through a function here, and ``tests/test_compat.py``
 checks each one against the installed versions, so an upgrade that moves or
 renames one fails there with a message naming it, not deep inside a run.
+``check_versions`` (run when keras is imported after keras_hyperiqa) refuses a keras or
+keras-hub older than the oldest the suite passed on, in one line.
 """
 
 import contextlib
 import importlib
+
+from keras_hyperiqa.errors import UserError
+
+# The oldest releases the whole test suite passed on; pyproject.toml states
+# the same floors (tests/test_compat.py checks that they agree).
+MIN_VERSIONS = (("keras", "3.15.0"), ("keras-hub", "0.32.0"))
 
 # (module, attribute) of every private name used below; the test walks this list.
 PRIVATE_NAMES = (
@@ -43,16 +51,50 @@ def private(module, name):
         ) from None
 
 
-def _versions():
-    out = []
-    for dist in ("keras", "keras-hub"):
-        try:
-            from importlib.metadata import version
+class VersionError(UserError, ImportError):
+    """An installed keras or keras-hub is older than keras-hyperiqa needs."""
 
-            out.append(f"{dist} {version(dist)}")
-        except Exception:  # noqa: BLE001 - a version string is only for the message
-            out.append(f"{dist} (unknown version)")
-    return " / ".join(out)
+
+def check_versions(installed=None):
+    """Raise :class:`VersionError` if keras or keras-hub is older than ``MIN_VERSIONS``.
+
+    ``installed`` maps a distribution name to its version string (default: the
+    installed ones, read from package metadata without importing them); a
+    distribution that is absent is left to fail at its import.
+    """
+    if installed is None:
+        installed = _installed_versions(name for name, _ in MIN_VERSIONS)
+    from packaging.version import InvalidVersion, Version
+
+    for name, floor in MIN_VERSIONS:
+        have = installed.get(name)
+        if have is None:
+            continue
+        try:
+            too_old = Version(have) < Version(floor)
+        except InvalidVersion:
+            continue
+        if too_old:
+            raise VersionError(
+                f"keras-hyperiqa needs {name}>={floor}, but {name} {have} is installed; "
+                f"upgrade it (pip install '{name}>={floor}') or reinstall keras-hyperiqa")
+
+
+def _installed_versions(names):
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _versions():
+    installed = _installed_versions(name for name, _ in MIN_VERSIONS)
+    return " / ".join(f"{name} {installed.get(name, '(not installed)')}" for name, _ in MIN_VERSIONS)
 
 
 # ------------------------------------------------------------------ Keras

@@ -1,8 +1,13 @@
-"""Every private Keras / keras-hub name in ``keras_hyperiqa.compat`` still exists."""
+"""Every private Keras / keras-hub name in ``keras_hyperiqa.compat`` still exists; versions below the floors are refused."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
 from keras_hyperiqa import compat
+from keras_hyperiqa.errors import UserError
 
 
 @pytest.mark.parametrize("module,name", compat.PRIVATE_NAMES,
@@ -171,3 +176,69 @@ def test_torch_memory_layout_is_kept_by_the_variable():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), 2.0)
     with pytest.raises(ValueError, match="keeps shape and dtype"):
         compat.set_torch_memory_layout(v, data.reshape(4, 3, 2, 1))
+
+
+def test_versions_older_than_the_floor_are_refused_in_one_line():
+    keras_floor, hub_floor = dict(compat.MIN_VERSIONS)["keras"], dict(compat.MIN_VERSIONS)["keras-hub"]
+    compat.check_versions({"keras": keras_floor, "keras-hub": hub_floor})
+    compat.check_versions({"keras": "4.0.0", "keras-hub": "1.0.0"})
+    compat.check_versions({})  # not installed: left to fail at import
+    with pytest.raises(compat.VersionError) as err:
+        compat.check_versions({"keras": "3.13.2", "keras-hub": hub_floor})
+    assert str(err.value) == (
+        f"keras-hyperiqa needs keras>={keras_floor}, but keras 3.13.2 is installed; "
+        f"upgrade it (pip install 'keras>={keras_floor}') or reinstall keras-hyperiqa")
+    with pytest.raises(compat.VersionError, match=rf"needs keras-hub>={hub_floor}, but keras-hub 0.29.1 is"):
+        compat.check_versions({"keras": keras_floor, "keras-hub": "0.29.1"})
+    assert issubclass(compat.VersionError, ImportError) and issubclass(compat.VersionError, UserError)
+
+
+def test_check_versions_reads_the_installed_metadata(monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.20.0" if name == "keras-hub" else real(name))
+    with pytest.raises(compat.VersionError, match="keras-hub 0.20.0 is installed"):
+        compat.check_versions()
+
+
+def test_an_old_keras_is_refused_in_one_line(tmp_path):
+    """``import keras_hyperiqa`` stays light; ``import keras`` after it, and any CLI command, refuse."""
+    dist = tmp_path / "keras-3.8.0.dist-info"  # found before the real keras on sys.path
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: keras\nVersion: 3.8.0\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root]))
+    floor = dict(compat.MIN_VERSIONS)["keras"]
+    message = (f"keras-hyperiqa needs keras>={floor}, but keras 3.8.0 is installed; "
+               f"upgrade it (pip install 'keras>={floor}') or reinstall keras-hyperiqa")
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                              check=False)
+
+    proc = run("-c", "import keras_hyperiqa")
+    assert proc.returncode == 0, proc.stderr
+    for first in ("import keras_hyperiqa; import keras", "import keras; import keras_hyperiqa"):
+        proc = run("-c", first)
+        assert proc.returncode != 0
+        assert proc.stderr.strip().splitlines()[-1] == f"keras_hyperiqa.compat.VersionError: {message}"
+    model, image = tmp_path / "m.keras", tmp_path / "x.png"
+    model.write_bytes(b"")
+    image.write_bytes(b"")
+    proc = run("-m", "keras_hyperiqa.cli", "predict", str(model), str(image))
+    assert (proc.returncode, proc.stderr.strip()) == (2, f"Error: {message}")
+
+
+def test_version_floors_match_pyproject():
+    """The floors ``check_versions`` enforces are the ones pyproject.toml declares."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        deps = [Requirement(d) for d in tomllib.load(f)["project"]["dependencies"]]
+    floors = {r.name: s.version for r in deps for s in r.specifier if s.operator == ">="}
+    for name, floor in compat.MIN_VERSIONS:
+        assert floors[name] == floor, f"pyproject.toml says {name}>={floors[name]}, compat {floor}"
