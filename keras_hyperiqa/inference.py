@@ -306,7 +306,7 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
     from keras_hyperiqa.data.splits import load_splits
     from keras_hyperiqa.data.validate import validated
     from keras_hyperiqa.reports import write_csv
-    from keras_hyperiqa.training.metrics import iqa_metrics
+    from keras_hyperiqa.metrics import iqa_metrics
 
     Scorer.check_options(patches or 25, crops or "grid")
     info = read_dataset(dataset, root, label_column=label_column)

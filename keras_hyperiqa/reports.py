@@ -36,7 +36,7 @@ def plot_scatter(labels, predictions, path, title):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from keras_hyperiqa.training.metrics import iqa_metrics
+    from keras_hyperiqa.metrics import iqa_metrics
 
     x = np.asarray(labels, dtype=np.float64)
     y = np.asarray(predictions, dtype=np.float64)

@@ -490,7 +490,7 @@ def test_predict_checks_inputs_and_options_before_loading_the_model(dataset, tmp
 
 def test_evaluate_scatter_shows_srcc_plcc_and_a_fitted_line(run_dir, dataset, tmp_path):
     from keras_hyperiqa.reports import plot_scatter
-    from keras_hyperiqa.training.metrics import iqa_metrics
+    from keras_hyperiqa.metrics import iqa_metrics
 
     out, _ = run_dir
     scores, plot = tmp_path / "scores.csv", tmp_path / "scatter.png"

@@ -33,7 +33,7 @@ from keras_hyperiqa.training.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from keras_hyperiqa.training.metrics import (
+from keras_hyperiqa.metrics import (
     image_level_metrics,
     iqa_metrics,
 )

@@ -23,7 +23,7 @@ import warnings
 
 import keras
 
-from keras_hyperiqa.training.metrics import iqa_metrics
+from keras_hyperiqa.metrics import iqa_metrics
 
 
 class PatchPyDataset(keras.utils.PyDataset):

@@ -43,7 +43,7 @@ from keras_hyperiqa.data.pipeline import image_means, prefetch
 from keras_hyperiqa.inference import Predictor
 from keras_hyperiqa.model.layout import use_torch_kernel_layout
 from keras_hyperiqa.training import checkpoint as ckpt
-from keras_hyperiqa.training.metrics import iqa_metrics
+from keras_hyperiqa.metrics import iqa_metrics
 from keras_hyperiqa.training.optimizer import HyperAdam
 
 

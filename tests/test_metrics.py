@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from keras_hyperiqa.data.pipeline import image_means
-from keras_hyperiqa.training.metrics import (
+from keras_hyperiqa.metrics import (
     image_level_metrics,
     iqa_metrics,
 )
