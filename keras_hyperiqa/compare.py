@@ -109,15 +109,11 @@ def _spawn(kind: str, spec: dict, out_dir: Path, backend: str | None, device: st
 
 
 def _versions() -> dict:
-    from importlib import metadata
+    from keras_hyperiqa.compat import installed_versions
 
     out = {"python": platform.python_version(), "machine": platform.machine(),
-           "cpus": os.cpu_count()}
-    for pkg in ("keras", "torch", "jax", "timm", "keras-hub", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
+           "cpus": os.cpu_count(),
+           **installed_versions(("keras", "torch", "jax", "timm", "keras-hub", "numpy"))}
     try:
         out["loadavg"] = list(os.getloadavg())
     except OSError:

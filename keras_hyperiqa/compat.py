@@ -63,7 +63,7 @@ def check_versions(installed=None):
     distribution that is absent is left to fail at its import.
     """
     if installed is None:
-        installed = _installed_versions(name for name, _ in MIN_VERSIONS)
+        installed = installed_versions(name for name, _ in MIN_VERSIONS)
     from packaging.version import InvalidVersion, Version
 
     for name, floor in MIN_VERSIONS:
@@ -80,7 +80,8 @@ def check_versions(installed=None):
                 f"upgrade it (pip install '{name}>={floor}') or reinstall keras-hyperiqa")
 
 
-def _installed_versions(names):
+def installed_versions(names):
+    """``{name: version}`` of installed distributions (``None``: not installed), without importing them."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -88,13 +89,13 @@ def _installed_versions(names):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
-            pass
+            out[name] = None
     return out
 
 
 def _versions():
-    installed = _installed_versions(name for name, _ in MIN_VERSIONS)
-    return " / ".join(f"{name} {installed.get(name, '(not installed)')}" for name, _ in MIN_VERSIONS)
+    installed = installed_versions(name for name, _ in MIN_VERSIONS)
+    return " / ".join(f"{name} {installed[name] or '(not installed)'}" for name, _ in MIN_VERSIONS)
 
 
 # ------------------------------------------------------------------ Keras

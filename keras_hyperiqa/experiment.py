@@ -127,15 +127,10 @@ def _json_default(o):
 
 
 def versions():
-    import importlib.metadata as md
+    from keras_hyperiqa.compat import installed_versions
 
-    out = {"python": platform.python_version()}
-    for name in ("keras-hyperiqa", "keras", "keras-hub", "torch", "jax", "numpy", "scipy", "pillow"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"python": platform.python_version(), **installed_versions(
+        ("keras-hyperiqa", "keras", "keras-hub", "torch", "jax", "numpy", "scipy", "pillow"))}
 
 
 # ---------------------------------------------------------------------- data
@@ -290,7 +285,7 @@ def fit(config: FitConfig | None = None, resume: str | None = None, overwrite: b
                for split in splits]
     if finished and (out / "summary.json").is_file():
         summary = json.loads((out / "summary.json").read_text())  # finished before: kept as is
-        if config.verbose and _dist().is_primary():
+        if config.verbose and primary:
             print(f"held-out test SRCC {_fmt(summary.get('srcc'))}  PLCC {_fmt(summary.get('plcc'))}; "
                   f"run directory: {out} (complete, unchanged)", flush=True)
         return summary
@@ -389,12 +384,13 @@ def _check_config(config):
     bad = [f for f in config.revert_fix if f not in REVERT_FIXES]
     if bad:
         raise UserError(f"unknown fix {bad[0]!r} for --revert-fix; choose from {', '.join(REVERT_FIXES)}")
-    if config.test_crops == "grid" and round(math.sqrt(config.test_patches)) ** 2 != config.test_patches:
-        raise UserError(f"--test-patches {config.test_patches} must be a square number for grid crops "
-                        "(a k x k grid: 1, 4, 9, 16, 25, ...), or use --test-crops random")
     for name in ("epochs", "batch_size", "train_patches", "test_patches", "rounds", "decay_every"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.test_crops == "grid":
+        from keras_hyperiqa.data.pipeline import check_grid_count
+
+        check_grid_count(config.test_patches, "--test-patches", "--test-crops random")
     if not 0 <= config.val_fraction < 1:
         raise UserError("--val-fraction must be in [0, 1)")
     require_file(config.init, "--init model file")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import os
 from pathlib import Path
 
@@ -131,9 +130,10 @@ class Scorer:
     def check_options(patches=25, crops="grid", batch_size=25):
         if patches < 1 or batch_size < 1:
             raise UserError("--patches and --batch-size must be at least 1")
-        if crops == "grid" and round(math.sqrt(patches)) ** 2 != patches:
-            raise UserError(f"--patches {patches} must be a square number for grid crops "
-                            "(a k x k grid: 1, 4, 9, 16, 25, ...), or use --crops random")
+        if crops == "grid":
+            from keras_hyperiqa.data.pipeline import check_grid_count
+
+            check_grid_count(patches, "--patches", "--crops random")
 
     @classmethod
     def from_file(cls, path, precision="fp32", **kwargs):
@@ -327,7 +327,9 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
     labels = np.array([r.label for r in records])
     model_hib = scorer.model.higher_is_better
     flipped = model_hib is not None and model_hib != info.higher_is_better
-    metrics = iqa_metrics(predictions, -labels if flipped else labels)
+    # The labels pointing the way the model's scores do (negated when the two disagree).
+    signed_labels = -labels if flipped else labels
+    metrics = iqa_metrics(predictions, signed_labels)
     rows = [{"image": info.relpath(r), "label": r.label, "prediction": float(p)}
             for r, p in zip(records, predictions)]
     write_csv(csv_path, rows, ["image", "label", "prediction"])
@@ -337,7 +339,7 @@ def evaluate_dataset(model_path, dataset, root, label_column=None, splits_path=N
         what = f"round {round_index} test split" if splits_path else "all images"
         if flipped:
             what += ", labels negated"
-        plot_scatter(-labels if flipped else labels, predictions, scatter_path,
+        plot_scatter(signed_labels, predictions, scatter_path,
                      f"{os.path.basename(model_path)} on {info.name}, {what}")
     metrics = {k: float(v) for k, v in metrics.items()}
     note = None

@@ -81,6 +81,15 @@ class _Inline:
         pass
 
 
+
+def check_grid_count(count, option, alternative):
+    """UserError unless ``count`` crops make a k x k grid; ``option`` and
+    ``alternative`` name the user's options (``--patches``, ``--crops random``)."""
+    if count < 0 or math.isqrt(count) ** 2 != count:
+        raise UserError(f"{option} {count} must be a square number for grid crops "
+                        f"(a k x k grid: 1, 4, 9, 16, 25, ...), or use {alternative}")
+
+
 class PatchDataset:
     """Patches of a list of images for training (random crops + flips) or testing.
 
