@@ -9,7 +9,7 @@ import pytest
 
 import keras_hyperiqa  # noqa: F401  (sets KERAS_BACKEND=torch if unset)
 from conftest import run_backend
-from keras_hyperiqa.model.hyperiqa import _avg_pool_to
+from keras_hyperiqa.model.layers import adaptive_avg_pool
 
 torch = pytest.importorskip("torch")
 
@@ -40,8 +40,8 @@ def test_adaptive_pool_matches_numpy_and_torch(h, w, size):
     xt = torch.from_numpy(x).permute(0, 3, 1, 2)
     theirs = torch.nn.functional.adaptive_avg_pool2d(xt, size).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(theirs, ref, rtol=0, atol=1e-6)
-    last = _np(_avg_pool_to(x, size, "channels_last"))
-    first = _np(_avg_pool_to(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), size,
+    last = _np(adaptive_avg_pool(x, size, "channels_last"))
+    first = _np(adaptive_avg_pool(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), size,
                              "channels_first")).transpose(0, 2, 3, 1)
     for ours in (last, first):
         assert ours.shape == ref.shape
@@ -51,9 +51,9 @@ def test_adaptive_pool_matches_numpy_and_torch(h, w, size):
 def test_adaptive_pool_jax():
     code = """
         import numpy as np, keras_hyperiqa
-        from keras_hyperiqa.model.hyperiqa import _avg_pool_to
+        from keras_hyperiqa.model.layers import adaptive_avg_pool
         x = np.random.RandomState(0).normal(size=(2, 28, 14, 3)).astype("float32")
-        print("OUT", np.asarray(_avg_pool_to(x, 7)).ravel().tolist())
+        print("OUT", np.asarray(adaptive_avg_pool(x, 7)).ravel().tolist())
     """
     out = run_backend("jax", code)
     got = np.array([float(v) for v in out.split("OUT", 1)[1].strip()[1:-1].split(",")])

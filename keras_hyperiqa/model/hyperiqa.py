@@ -249,7 +249,7 @@ class HyperIQA(keras.Model):
             s = self.feature_size
             axis = -1 if self.data_format == "channels_last" else 1
             return ops.concatenate(
-                [_avg_pool_to(f, s, self.data_format) for f in stages], axis=axis
+                [adaptive_avg_pool(f, s, self.data_format) for f in stages], axis=axis
             ), None
         return stages[-1], None
 
@@ -317,13 +317,6 @@ class HyperIQA(keras.Model):
         return {"resize": self.resize, "short_side": self.short_side,
                 "patch_size": self.patch_size}
 
-    @property
-    def score_direction(self):
-        """``higher is better``, ``lower is better`` or ``unknown``: how to read the scores."""
-        if self.higher_is_better is None:
-            return "unknown"
-        return "higher is better" if self.higher_is_better else "lower is better"
-
 
 def _freeze_unused(backbone, features):
     """Set ``trainable=False`` on backbone layers none of whose weights ``features`` uses.
@@ -342,8 +335,3 @@ def _freeze_unused(backbone, features):
         layer.trainable = False
         frozen.append(layer.name)
     return tuple(frozen)
-
-
-def _avg_pool_to(x, size, data_format="channels_last"):
-    """Adaptive average pooling to ``size`` x ``size`` (torch's bins, any map size)."""
-    return adaptive_avg_pool(x, size, data_format)
