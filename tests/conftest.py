@@ -1,3 +1,4 @@
+import csv
 import os
 import subprocess
 import sys
@@ -5,6 +6,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from PIL import Image
 
 # The suite runs on the torch backend in-process; jax checks run in subprocesses.
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -77,3 +79,30 @@ def state_difference(a, b, optimizer_paths, skip=(), beta_2=0.999):
         diff = float(np.max(np.abs(x - y))) if x.size else 0.0
         worst = max(worst, weight * diff / scale if scale > 0 else diff)
     return worst
+
+
+def noisy_ramps(n, levels, noise_step, size, seed=0):
+    """``n`` horizontal grey ramps (``size`` = (height, width), uint8 RGB); image ``i`` carries
+    Gaussian noise of sigma ``(i % levels) * noise_step``, all drawn in order from one generator."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    base = np.tile(np.linspace(0, 255, w)[None, :, None], (h, 1, 3))
+    return [np.clip(base + rng.normal(0, (i % levels) * float(noise_step), base.shape), 0, 255)
+            .astype(np.uint8) for i in range(n)]
+
+
+def write_csv_dataset(root, images, labels, refs=None, names="img/{:02d}.png"):
+    """A dataset in the generic ``csv`` reader's format under ``root``: image ``i`` saved as
+    ``names.format(i)``, and labels.csv with the columns image,label[,ref]. Returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        name = names.format(i)
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / name)
+        rows.append([name, label] if refs is None else [name, label, refs[i]])
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"] if refs is None else ["image", "label", "ref"])
+        w.writerows(rows)
+    return root

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
+from conftest import write_csv_dataset
 from keras_hyperiqa.cli import cli
 from keras_hyperiqa.convert import backbone as backbone_weights
 from keras_hyperiqa.data.demo import distort, make_scene
@@ -22,14 +22,11 @@ SMALL = ["--epochs", "1", "--batch-size", "8", "--train-patches", "1", "--test-p
 
 @pytest.fixture(scope="module")
 def tiny_csv(tmp_path_factory):
-    root = tmp_path_factory.mktemp("weights_csv")
     rng = np.random.default_rng(0)
-    rows = ["image,label,ref"]
-    for i in range(10):
-        Image.fromarray(distort(make_scene(3, i % 5), "blur", 1 + i % 5, rng)).save(root / f"{i}.png")
-        rows.append(f"{i}.png,{90 - 15 * (i % 5)},c{i % 5}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return root
+    images = [distort(make_scene(3, i % 5), "blur", 1 + i % 5, rng) for i in range(10)]
+    return write_csv_dataset(tmp_path_factory.mktemp("weights_csv"), images,
+                             [90 - 15 * (i % 5) for i in range(10)], [f"c{i % 5}" for i in range(10)],
+                             names="{:02d}.png")
 
 
 def test_offline_default_fails_before_the_run_files(tiny_csv, tmp_path):

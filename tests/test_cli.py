@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import noisy_ramps, write_csv_dataset
 from keras_hyperiqa.cli import cli
 
 TINY = ["--backbone", "resnet_tiny", "--backbone-weights", "none", "--epochs", "1",
@@ -34,22 +35,8 @@ HELD_OUT_FLOOR = 0.8
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A generic-CSV dataset: 20 noisy images, label = quality, 10 contents."""
-    root = tmp_path_factory.mktemp("tinyset")
-    (root / "img").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(20):
-        base = np.tile(np.linspace(0, 255, 240)[None, :, None], (232, 1, 3))
-        noise = (i % 5) * 12.0
-        img = np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
-        name = f"img/{i:02d}.png"
-        Image.fromarray(img).save(root / name)
-        rows.append((name, 100 - 20 * (i % 5), f"c{i // 2}"))
-    with open(root / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "label", "ref"])
-        w.writerows(rows)
-    return root
+    return write_csv_dataset(tmp_path_factory.mktemp("tinyset"), noisy_ramps(20, 5, 12, (232, 240)),
+                             [100 - 20 * (i % 5) for i in range(20)], [f"c{i // 2}" for i in range(20)])
 
 
 @pytest.fixture(scope="module")
@@ -359,15 +346,9 @@ def test_atomic_writers_give_the_umask_mode(tmp_path):
 
 
 def test_a_split_too_small_to_score_stops_before_training(tmp_path):
-    root = tmp_path / "small"
-    (root / "img").mkdir(parents=True)
-    rows = []
-    for i in range(10):  # no ref column: every image its own group; val = 10% of 8 = 1 image
-        img = np.full((240, 240, 3), 20 * i, np.uint8)
-        Image.fromarray(img).save(root / f"img/{i}.png")
-        rows.append((f"img/{i}.png", 10 * i))
-    with open(root / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("image", "label"), *rows])
+    # no ref column: every image its own group; val = 10% of 8 = 1 image
+    images = [np.full((240, 240, 3), 20 * i, np.uint8) for i in range(10)]
+    root = write_csv_dataset(tmp_path / "small", images, [10 * i for i in range(10)])
     out = tmp_path / "run"
     result = _run(["fit", "--dataset", "csv", "--root", str(root), "--out", str(out), *TINY])
     assert result.exit_code == 2, result.output

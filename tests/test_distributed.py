@@ -32,7 +32,7 @@ import numpy as np
 from keras_hyperiqa.numerics import training_tolerance
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import state_difference  # noqa: E402
+from conftest import noisy_ramps, state_difference, write_csv_dataset  # noqa: E402
 
 HERE = os.path.abspath(__file__)
 EPOCHS = 3
@@ -212,18 +212,8 @@ def test_torch_process_group_backend_nccl_only_with_a_gpu_per_rank():
 
 
 def _tiny_dataset(root):
-    from PIL import Image
-
-    (root / "img").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(16):
-        base = np.tile(np.linspace(0, 255, 232)[None, :, None], (228, 1, 3))
-        img = np.clip(base + rng.normal(0, (i % 4) * 15.0, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(root / f"img/{i:02d}.png")
-        rows.append((f"img/{i:02d}.png", 100 - 25 * (i % 4), f"c{i // 2}"))
-    with open(root / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("image", "label", "ref"), *rows])
+    write_csv_dataset(root, noisy_ramps(16, 4, 15, (228, 232)), [100 - 25 * (i % 4) for i in range(16)],
+                      [f"c{i // 2}" for i in range(16)])
 
 
 def test_torchrun_fit_writes_the_run_directory_once_and_resumes(tmp_path):

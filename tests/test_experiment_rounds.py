@@ -5,13 +5,12 @@ driver's bookkeeping (seeds, epoch selection, done.json, summary.json) is
 checked in a second; test_cli.py trains for real.
 """
 
-import csv
 import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import write_csv_dataset
 from keras_hyperiqa import experiment
 
 TEST_SRCC = {10: [0.1, 0.2], 11: [0.5, 0.3], 12: [0.9, 0.4]}  # by round seed
@@ -51,14 +50,8 @@ def fake_training(monkeypatch):
 
 
 def test_fit_trains_each_round_with_its_seed_and_reports_medians(tmp_path, fake_training):
-    root = tmp_path / "set"
-    root.mkdir()
-    with open(root / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "label"])
-        for i in range(30):
-            Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(root / f"{i}.png")
-            w.writerow([f"{i}.png", i])
+    root = write_csv_dataset(tmp_path / "set", [np.full((8, 8, 3), i, np.uint8) for i in range(30)],
+                             list(range(30)), names="{:02d}.png")
     config = experiment.FitConfig(dataset="csv", root=str(root), backbone="resnet_tiny",
                                   backbone_weights="none", epochs=2, rounds=3, seed=10,
                                   val_fraction=0.2, out=str(tmp_path / "run"), verbose=0)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import run_backend
+from conftest import run_backend, write_csv_dataset
 
 from keras_hyperiqa.cli import cli
 from keras_hyperiqa.data.demo import distort, make_scene
@@ -128,15 +128,11 @@ def test_bf16_loss_is_float32_on_float32_scores(spread_model):
 
 @pytest.fixture(scope="module")
 def tiny_csv(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tinycsv")
     rng = np.random.default_rng(0)
-    rows = ["image,label,ref"]
-    for i in range(12):
-        img = distort(make_scene(1, i % 4), "blur", 1 + i % 5, rng)
-        Image.fromarray(img).save(root / f"{i:02d}.png")
-        rows.append(f"{i:02d}.png,{90 - 15 * (i % 5)},c{i % 4}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return root
+    images = [distort(make_scene(1, i % 4), "blur", 1 + i % 5, rng) for i in range(12)]
+    return write_csv_dataset(tmp_path_factory.mktemp("tinycsv"), images,
+                             [90 - 15 * (i % 5) for i in range(12)], [f"c{i % 4}" for i in range(12)],
+                             names="{:02d}.png")
 
 
 def test_model_from_bf16_run_loads_and_predicts_in_float32(tiny_csv, tmp_path):

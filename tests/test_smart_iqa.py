@@ -6,7 +6,6 @@ Parity runs on ``swin_micro`` (swin_tiny's layout at a sixth of the width) for
 speed; ``test_swin_tiny_checkpoint_parity`` (slow) does the real size.
 """
 
-import csv
 import json
 
 import numpy as np
@@ -18,10 +17,9 @@ timm = pytest.importorskip("timm")
 import keras_hyperiqa  # noqa: E402,F401  (sets KERAS_BACKEND=torch if unset)
 import keras  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from PIL import Image  # noqa: E402
 
 import reference_smart_iqa as ref  # noqa: E402
-from conftest import run_backend  # noqa: E402
+from conftest import noisy_ramps, run_backend, write_csv_dataset  # noqa: E402
 from keras_hyperiqa.cli import cli  # noqa: E402
 from keras_hyperiqa.convert.original import convert_original_checkpoint as convert_checkpoint  # noqa: E402
 from keras_hyperiqa.convert.smart_iqa import detect_architecture  # noqa: E402
@@ -208,19 +206,8 @@ def test_default_models_unchanged():
 
 
 def _dataset(root):
-    (root / "img").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(8):
-        base = np.tile(np.linspace(0, 255, 240)[None, :, None], (232, 1, 3))
-        img = np.clip(base + rng.normal(0, (i % 4) * 15.0, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(root / f"img/{i}.png")
-        rows.append((f"img/{i}.png", 100 - 20 * (i % 4), f"c{i // 2}"))
-    with open(root / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "label", "ref"])
-        w.writerows(rows)
-    return root
+    return write_csv_dataset(root, noisy_ramps(8, 4, 15, (232, 240)), [100 - 20 * (i % 4) for i in range(8)],
+                             [f"c{i // 2}" for i in range(8)])
 
 
 def test_fit_trains_the_fork_model_and_convert_reads_its_checkpoints(cases, tmp_path):
